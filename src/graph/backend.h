@@ -1,0 +1,42 @@
+// Backend: something that can compute graph nodes (the CPU kernels, the CUDA kernels, the plain reference).
+// A backend declares which nodes it supports; the executor sends the rest to a fallback (the reference).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+#include "graph/graph.h"
+
+namespace ev {
+
+// How Linear weights are computed with. Activations are always f32 in memory.
+enum class Precision : uint8_t {
+  kF32 = 0,   // f32 x f32 -> f32 (bf16/f16 weights are widened once at prepare time)
+  kBF16 = 1,  // bf16 x bf16 -> f32 accumulate (activations rounded to bf16 at the GEMM input)
+};
+const char* precision_name(Precision p);
+bool precision_from_string(const std::string& s, Precision* out);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+  virtual bool supports(const Node& n) const = 0;
+  // Called once per graph before the first compute with the weight leaves of that graph, so that the backend
+  // can reorder/convert them (e.g. into oneDNN's blocked layout). Must be idempotent and cheap on repeat:
+  // backends cache by the weight's data pointer.
+  virtual Status prepare_weights(const Graph& g) { return Status::Ok(); }
+  // Compute node `n`. `in[i]` is the i-th input's tensor; `out` is already allocated with n.out_shape.
+  virtual Status compute(const Node& n, const std::vector<const Tensor*>& in, Tensor& out) = 0;
+};
+
+// The plain reference backend (src/kernels/ref): single-threaded, straightforward loops, supports every op.
+std::unique_ptr<Backend> make_ref_backend();
+// The optimised CPU backend (src/kernels/cpu): multi-threaded on `pool`, oneDNN GEMM, AVX-512 where present.
+std::unique_ptr<Backend> make_cpu_backend(ThreadPool* pool, Precision precision);
+
+}  // namespace ev
