@@ -4,6 +4,8 @@
 #pragma once
 
 #include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,14 +34,27 @@ struct ExecResult {
   const Tensor& operator[](TensorId id) const { return values[static_cast<size_t>(id)]; }
 };
 
+class BufferPool {
+ public:
+  Tensor take(DType dt, const Shape& s);
+  size_t total_bytes() const { return total_bytes_; }
+
+ private:
+  std::map<size_t, std::vector<std::shared_ptr<void>>> by_size_;
+  size_t total_bytes_ = 0;
+};
+
 class Executor {
  public:
   Executor(Backend* backend, Backend* fallback) : backend_(backend), fallback_(fallback) {}
   Result<ExecResult> run(const Graph& g, const ExecOptions& opt = {});
+  size_t activation_bytes() const { return pool_.total_bytes(); }
+  Backend* backend() const { return backend_; }
 
  private:
   Backend* backend_;
   Backend* fallback_;
+  BufferPool pool_;  // kept across runs so that decode steps reuse buffers
 };
 
 }  // namespace ev

@@ -1,0 +1,143 @@
+// edgevlm: the command-line program. One subcommand per tool; every subcommand has --json for scripts.
+//   edgevlm describe --model DIR --image FILE [--image FILE...] [--prompt TEXT] [--json]
+//   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision f32|bf16] [--json]
+//   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision f32|bf16] [--svg FILE] [--json]
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/log.h"
+#include "graph/backend.h"
+#include "runtime/engine.h"
+#include "tools/bench.h"
+#include "tools/profile.h"
+
+namespace {
+
+int fail(const ev::Status& s) {
+  std::fprintf(stderr, "edgevlm: error: %s\n", s.to_string().c_str());
+  return 1;
+}
+
+struct DescribeArgs {
+  std::string model;
+  std::vector<std::string> images;
+  std::string prompt = "Describe this image.";
+  std::string precision = "bf16";
+  int threads = 0;
+  int max_tokens = 64;
+  float temperature = 0.f;
+  int top_k = 0;
+  float top_p = 1.f;
+  uint64_t seed = 0;
+  bool no_split = false;
+  bool json = false;
+};
+
+int run_describe(const DescribeArgs& a) {
+  ev::EngineOptions opt;
+  opt.threads = a.threads;
+  if (!ev::precision_from_string(a.precision, &opt.precision))
+    return fail(ev::InvalidArgument("--precision '" + a.precision + "' is not one of f32, bf16"));
+  auto engine = ev::Engine::load(a.model, opt);
+  if (!engine.ok()) return fail(engine.status());
+  std::vector<ev::Image> images;
+  for (const auto& p : a.images) {
+    auto img = ev::load_image(p);
+    if (!img.ok()) return fail(img.status());
+    images.push_back(std::move(img).value());
+  }
+  ev::GenerateOptions g;
+  g.max_new_tokens = a.max_tokens;
+  g.sampler.temperature = a.temperature;
+  g.sampler.top_k = a.top_k;
+  g.sampler.top_p = a.top_p;
+  g.sampler.seed = a.seed;
+  if (a.no_split) g.image_splitting = 0;
+  ev::StreamCallback stream;
+  if (!a.json) {
+    stream = [](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      return true;
+    };
+  }
+  auto r = (*engine)->describe(images, a.prompt, g, stream);
+  if (!r.ok()) return fail(r.status());
+  const auto& s = r->stats;
+  if (a.json) {
+    nlohmann::json j = {
+        {"model", a.model},
+        {"images", a.images},
+        {"prompt", a.prompt},
+        {"answer", r->text},
+        {"tokens", r->tokens},
+        {"stop_reason", s.stop_reason},
+        {"precision", a.precision},
+        {"timing",
+         {{"load_s", (*engine)->load_seconds()},
+          {"preprocess_s", s.preprocess_s},
+          {"vision_s", s.vision_s},
+          {"tiles", s.n_tiles},
+          {"prefill_s", s.prefill_s},
+          {"prompt_tokens", s.prompt_tokens},
+          {"decode_s", s.decode_s},
+          {"generated_tokens", s.generated_tokens}}}};
+    std::printf("%s\n", j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("\n");
+    std::fprintf(stderr,
+                 "[load %.2fs | %d tiles: vision %.2fs | prefill %d tok %.2fs | decode %d tok %.2fs (%.1f tok/s) | %s]\n",
+                 (*engine)->load_seconds(), s.n_tiles, s.vision_s, s.prompt_tokens, s.prefill_s, s.generated_tokens,
+                 s.decode_s, s.decode_s > 0 ? s.generated_tokens / s.decode_s : 0.0, s.stop_reason.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"edgevlm: vision-language models on live video at the edge"};
+  app.require_subcommand(1);
+  bool verbose = false;
+  app.add_flag("-v,--verbose", verbose, "log progress to stderr");
+
+  DescribeArgs d;
+  auto* describe = app.add_subcommand("describe", "answer a prompt about one or more images");
+  describe->add_option("--model", d.model, "model directory (Hugging Face layout)")->required();
+  describe->add_option("--image", d.images, "JPEG or PNG image (repeatable)")->required();
+  describe->add_option("--prompt", d.prompt, "question or instruction");
+  describe->add_option("--precision", d.precision, "compute precision: bf16 or f32");
+  describe->add_option("--threads", d.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
+  describe->add_option("--max-tokens", d.max_tokens, "maximum new tokens")->check(CLI::Range(0, 1 << 20));
+  describe->add_option("--temperature", d.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0, 100.0));
+  describe->add_option("--top-k", d.top_k, "top-k sampling (0: off)")->check(CLI::Range(0, 1 << 24));
+  describe->add_option("--top-p", d.top_p, "nucleus sampling (1: off)")->check(CLI::Range(0.0, 1.0));
+  describe->add_option("--seed", d.seed, "sampling seed");
+  describe->add_flag("--no-split", d.no_split, "one tile per image (video frames)");
+  describe->add_flag("--json", d.json, "print a JSON result");
+
+  ev::BenchOptions b;
+  auto* bench = app.add_subcommand("bench", "measure the machine's ceilings and the model's speed");
+  ev::add_bench_options(*bench, b);
+  ev::ProfileOptions p;
+  auto* profile = app.add_subcommand("profile", "per-op time, FLOPs, bytes and fraction of ceiling of one forward pass");
+  ev::add_profile_options(*profile, p);
+
+  CLI11_PARSE(app, argc, argv);
+  if (verbose) ev::set_log_level(ev::LogLevel::kInfo);
+  if (*describe) return run_describe(d);
+  if (*bench) {
+    ev::Status s = ev::run_bench(b);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*profile) {
+    ev::Status s = ev::run_profile(p);
+    return s.ok() ? 0 : fail(s);
+  }
+  return 0;
+}

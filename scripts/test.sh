@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (CI runs exactly this): install dependencies, then build and run every test twice:
+# once optimised (Release), once with AddressSanitizer + UndefinedBehaviorSanitizer, which also replays the fuzz
+# corpora.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_deps.sh
+export CTEST_OUTPUT_ON_FAILURE=1
+JOBS=${JOBS:-$(nproc)}
+
+echo "== release build + tests"
+scripts/build.sh build
+ctest --test-dir build -j "$JOBS" --timeout 900
+
+echo "== asan+ubsan build + tests"
+scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGEVLM_SANITIZE=ON -DEDGEVLM_BENCH=OFF
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build-asan -j "$JOBS" --timeout 1800

@@ -1,0 +1,139 @@
+// The GEMM layer of the CPU backend: the Linear op y[M,N] = x[M,K] · W[N,K]^T + b[N] with weights packed once,
+// and a small batched plain GEMM for attention.
+//
+// HOW IT COMPUTES (all figures measured on the 2-core AMD Zen 4 development machine, /work/notes/gemm_results.md)
+//
+// * Weights are reordered ONCE at pack time into oneDNN's blocked layout for its brgemm matmul kernels:
+//   bf16: BA16a64b2a (W^T [K,N] in blocks of 64 output columns x 32 K, K pairs interleaved for vdpbf16ps),
+//   f32:  BA16a64b   (blocks of 64 columns x 16 K). N is padded to 64 and K to 32 (bf16) / 16 (f32) with zeros.
+//   The N-blocks are outermost, so any run of whole 64-column blocks is itself a valid packed matrix: that is what
+//   lets one packed copy serve oneDNN over an N-slice and our own GEMV kernel below, with no second copy.
+// * oneDNN matmul primitives are created per (M, N-slice, K, precision, bias) and cached process-wide (all 30
+//   layers of a model share them; creation costs 0.1-0.9 ms). A runtime-M primitive (DNNL_RUNTIME_DIM_VAL) is not
+//   an option: oneDNN 2.6 then drops brgemm for its plain-layout gemm:jit and loses up to 2.6x (768x3072 bf16:
+//   151 vs 394 GFLOP/s), so primitives are cached per exact M (LRU, kGemmCacheCapacity entries).
+// * BF16: oneDNN 2.6 has no f32-src x bf16-weights matmul, so the f32 activations are converted to bf16 first
+//   (AVX-512 vcvtne2ps2bf16, into a reusable per-thread scratch buffer; ~1% of the GEMM time at M=1024).
+// * Decode (M <= 4): an own AVX-512 GEMV over the same packed layout (vdpbf16ps / vfmadd231ps, 64 columns per
+//   block, columns split over the pool's threads). It streams the weights at ~85-95% of the measured memory
+//   bandwidth where oneDNN's brgemm at M=1 reaches ~25-60% (see gemm_results.md for the per-shape numbers).
+//
+// THREADING (why oneDNN runs single-threaded inside our ThreadPool)
+//   Debian's oneDNN uses OpenMP. Letting its OpenMP team (2 threads) run while our ThreadPool's workers spin
+//   (~0.5 ms after each parallel section) puts 3-4 busy threads on 2 cores; the OpenMP workers also spin after
+//   each GEMM while our pool's elementwise ops want the cores. Measured on a ViT-block-like sequence of GEMMs
+//   interleaved with pool elementwise work (bench_gemm BM_Sequence), running each GEMM as slices on our own pool
+//   with oneDNN limited to 1 OpenMP thread per call is the fastest option, and it also wins on isolated GEMMs
+//   for several shapes (one thread per slice avoids oneDNN's 2-thread partitioning losses, e.g. K=3072 f32).
+//   So the default (GemmThreading::kPoolSlices) is: every call of linear_forward() runs on `pool`; thread t
+//   executes a single-threaded oneDNN primitive on its slice:
+//     - M-split (rows) when M >= kMinRowsPerThreadMSplit * threads: each thread owns whole rows, all columns;
+//     - N-split (64-column blocks) otherwise: each thread streams its own part of the weights once.
+//   OpenMP's thread count is limited per call (omp_set_num_threads(1) on the executing thread, restored after),
+//   so OpenMP never starts a team of its own and only our pool's threads ever run.
+//   GemmThreading::kOneDnnOmp (oneDNN's own OpenMP team on the calling thread, our pool idle) is kept for the
+//   side-by-side benchmark.
+//
+// Thread safety: pack_linear and linear_forward may be called from several threads at once (the primitive cache
+// is locked; primitives are executed concurrently, which oneDNN supports). A PackedLinear is immutable after
+// packing. linear_forward must not be called from inside a parallel section of the same `pool`.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+#include "graph/backend.h"
+
+namespace ev {
+
+// Pre-packed Linear weights (opaque). Holds the blocked weights, the bias as f32 and what the kernels need.
+struct PackedLinear;
+
+// Packs W [N, K] (f32, bf16 or f16; PyTorch Linear layout) and an optional bias [N] (any float dtype) for
+// `precision`. kF32 widens bf16/f16 weights to f32; kBF16 rounds f32/f16 weights to bf16 (round-to-nearest-even).
+// If this CPU/oneDNN cannot do bf16 matmul, kBF16 falls back to kF32 (packed_precision() tells which).
+// Errors: kInvalidArgument for a non-2-D weight, zero-sized dims or a bias whose size is not N; kUnsupported for
+// integer dtypes. Messages name the tensor (Tensor::name()) when it has one.
+Result<std::shared_ptr<PackedLinear>> pack_linear(const Tensor& w, const Tensor* bias, Precision precision);
+
+// y[M, N] = x[M, K] · W^T + b, x and y row-major and contiguous (row stride K and N). M >= 0 (0 is a no-op).
+// Runs on `pool` (nullptr: on the calling thread only). x and y must not overlap.
+Status linear_forward(const PackedLinear& pl, const float* x, int64_t M, float* y, ThreadPool* pool);
+
+int64_t packed_n(const PackedLinear& pl);
+int64_t packed_k(const PackedLinear& pl);
+// Bytes of the packed weights plus the bias (what a decode step streams from memory).
+size_t packed_bytes(const PackedLinear& pl);
+Precision packed_precision(const PackedLinear& pl);
+// "bf16 BA16a64b2a [576 x 1536] brg:avx512_core_bf16 + gemv_avx512": for logs and benchmark labels.
+std::string packed_describe(const PackedLinear& pl);
+
+// ---- Tuning knobs (process-wide). The defaults are the measured best; the benchmarks flip them to compare. ----
+enum class GemmThreading : uint8_t {
+  kPoolSlices = 0,  // default: oneDNN single-threaded per slice on our ThreadPool (see THREADING above)
+  kOneDnnOmp = 1,   // oneDNN's OpenMP team on the calling thread (pool idle), the own GEMV still on the pool
+};
+enum class GemmSplit : uint8_t { kAuto = 0, kRows = 1, kCols = 2 };
+
+constexpr int64_t kMinRowsPerThreadMSplit = 32;  // below this many rows per thread, split N instead
+constexpr size_t kGemmCacheCapacity = 512;       // cached oneDNN primitives (LRU)
+
+struct GemmOptions {
+  GemmThreading threading = GemmThreading::kPoolSlices;
+  GemmSplit split = GemmSplit::kAuto;  // kPoolSlices only
+  int gemv_max_m = 4;                  // own AVX-512 GEMV for 1 <= M <= gemv_max_m (0 disables it)
+};
+void set_gemm_options(const GemmOptions& o);
+GemmOptions gemm_options();
+
+struct GemmCacheStats {
+  int64_t primitives_created = 0;
+  int64_t cache_hits = 0;
+  int64_t entries = 0;
+  double create_ms_total = 0;  // time spent creating oneDNN primitives
+};
+GemmCacheStats gemm_cache_stats();
+void gemm_clear_cache();
+
+// ---- Batched plain GEMM (for attention): C[b] = alpha · A[b] · op(B[b]) + beta · C[b] ----
+//   A[b]: [M, K] row-major, row stride lda, batch stride stride_a (elements)
+//   B[b]: b_transposed ? [N, K] (C = A·B^T, e.g. Q·K^T) : [K, N] (C = A·B, e.g. P·V); row stride ldb
+//   C[b]: [M, N] f32, row stride ldc
+// A and B are both f32 or both bf16 (uint16_t bits). oneDNN matmul with runtime shapes and strides (one cached
+// primitive per dtype/transpose/beta), run single-threaded per batch element; batch elements are split over
+// `pool` (nullptr: all on the calling thread, which is what a caller already inside a parallel section wants).
+struct GemmBatch {
+  int64_t batch = 1, M = 0, N = 0, K = 0;
+  DType dtype = DType::kF32;  // kF32 or kBF16, for A and B
+  const void* A = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* B = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  bool b_transposed = true;
+  float* C = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  float alpha = 1.f, beta = 0.f;
+};
+Status gemm_batched(const GemmBatch& g, ThreadPool* pool);
+
+// Kernels implemented in gemm_avx512.cpp (callable only when cpu_features().has_avx512_core(); the bf16 ones also
+// need has_avx512_bf16()). Exposed for tests and benchmarks.
+namespace gemm_detail {
+// y[m, n] (row stride ldy) for n in [64*nb0, min(N, 64*nb1)), m < M (1..4):
+//   sum_k x[m, k] W[n, k] + bias[n]. w: BA16a64b2a with K padded to Kp (multiple of 32); xb: [M, Kp] bf16 with
+//   zeros beyond K; bias: f32 or nullptr.
+void gemv_bf16_avx512(const uint16_t* w, int64_t Kp, const uint16_t* xb, int64_t M, const float* bias, float* y,
+                      int64_t ldy, int64_t N, int64_t nb0, int64_t nb1);
+// The same over BA16a64b f32 (Kp multiple of 16), x: [M, Kp] f32 with zeros beyond K.
+void gemv_f32_avx512(const float* w, int64_t Kp, const float* x, int64_t M, const float* bias, float* y,
+                     int64_t ldy, int64_t N, int64_t nb0, int64_t nb1);
+// n f32 -> bf16, round to nearest even (vcvtne2ps2bf16); needs avx512_bf16.
+void f32_to_bf16_avx512(const float* src, uint16_t* dst, int64_t n);
+}  // namespace gemm_detail
+
+}  // namespace ev

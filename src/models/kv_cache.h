@@ -1,0 +1,33 @@
+// Per-sequence KV cache for Llama-style decoders: per layer K and V of [capacity, n_kv_heads * head_dim] f32,
+// rows = positions. Keys are stored after RoPE.
+#pragma once
+
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+
+namespace ev {
+
+class KvCache {
+ public:
+  KvCache() = default;
+  KvCache(int n_layers, int64_t capacity, int64_t kv_dim);
+
+  int64_t capacity() const { return capacity_; }
+  int64_t kv_dim() const { return kv_dim_; }
+  int64_t size() const { return size_; }  // positions filled
+  void set_size(int64_t n) { size_ = n; }
+  void clear() { size_ = 0; }
+  size_t bytes() const;
+
+  // Rows [r0, r1) of layer l's K / V as [r1 - r0, kv_dim] views.
+  Tensor k(int layer, int64_t r0, int64_t r1) const { return k_[static_cast<size_t>(layer)].slice_rows(r0, r1); }
+  Tensor v(int layer, int64_t r0, int64_t r1) const { return v_[static_cast<size_t>(layer)].slice_rows(r0, r1); }
+
+ private:
+  std::vector<Tensor> k_, v_;
+  int64_t capacity_ = 0, kv_dim_ = 0, size_ = 0;
+};
+
+}  // namespace ev

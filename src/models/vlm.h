@@ -1,0 +1,53 @@
+// VlmModel: the interface every vision-language architecture implements, and the registry keyed by
+// config.json's model_type. A new architecture is a new file that implements VlmModel and one line in
+// registry.cpp's table; nothing else changes.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "formats/hf_config.h"
+#include "formats/safetensors.h"
+#include "graph/graph.h"
+#include "models/kv_cache.h"
+
+namespace ev {
+
+class VlmModel {
+ public:
+  virtual ~VlmModel() = default;
+  virtual const VlmConfig& config() const = 0;
+  virtual std::string architecture() const = 0;
+
+  // Vision side. Tiles are square images of tile_size() pixels; each yields tokens_per_tile() embeddings.
+  virtual int tile_size() const = 0;
+  virtual int tokens_per_tile() const = 0;
+  // pixels [B, 3, S, S] -> image embeddings [B, tokens_per_tile, text_hidden]. If `vision_out` is given it
+  // receives the vision tower's output node (before the connector).
+  virtual TensorId build_vision(Graph& g, TensorId pixels, TensorId* vision_out = nullptr) const = 0;
+
+  // Text side.
+  virtual int64_t text_hidden() const = 0;
+  virtual int64_t vocab_size() const = 0;
+  virtual KvCache make_cache(int64_t capacity) const = 0;
+  // ids [T] (i32) -> embeddings [T, H]
+  virtual TensorId build_embed(Graph& g, TensorId ids) const = 0;
+  // Embeddings x [T, H] at positions cache.size()..+T -> logits of the last n_logits rows [n_logits, V].
+  virtual TensorId build_decoder(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits) const = 0;
+
+  // Bytes of weights this model references (for reports).
+  virtual size_t weight_bytes() const = 0;
+};
+
+using VlmFactory = Result<std::unique_ptr<VlmModel>> (*)(const VlmConfig& cfg, const TensorStore& weights);
+
+// Creates the model for cfg.model_type; kUnsupported with the list of known types otherwise.
+Result<std::unique_ptr<VlmModel>> create_vlm(const VlmConfig& cfg, const TensorStore& weights);
+std::vector<std::string> supported_model_types();
+
+// Factories (one per architecture file).
+Result<std::unique_ptr<VlmModel>> create_idefics3(const VlmConfig& cfg, const TensorStore& weights);
+
+}  // namespace ev

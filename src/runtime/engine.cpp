@@ -1,0 +1,266 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/clock.h"
+#include "core/log.h"
+#include "perception/vlm_preprocess.h"
+
+namespace ev {
+using text::Sampler;
+using text::StreamDecoder;
+
+Engine::~Engine() = default;
+
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const EngineOptions& opt) {
+  const double t0 = now_s();
+  std::unique_ptr<Engine> e(new Engine());
+  e->dir_ = model_dir;
+  e->opt_ = opt;
+  EV_ASSIGN_OR_RETURN(e->cfg_, load_vlm_config(model_dir));
+  EV_ASSIGN_OR_RETURN(e->store_, TensorStore::open_dir(model_dir));
+  EV_ASSIGN_OR_RETURN(e->model_, create_vlm(e->cfg_, e->store_));
+  EV_RETURN_IF_ERROR(e->init_backend());
+  EV_RETURN_IF_ERROR(e->prepare_weights());
+  if (opt.network_only) {
+    e->load_s_ = now_s() - t0;
+    return e;
+  }
+  EV_ASSIGN_OR_RETURN(e->pre_, load_preprocessor_config(model_dir));
+  EV_ASSIGN_OR_RETURN(e->tok_cfg_, load_tokenizer_config(model_dir));
+
+  const std::string tok_path = model_dir + "/tokenizer.json";
+  EV_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(tok_path));
+  e->tokenizer_ = std::make_unique<Tokenizer>(std::move(tok));
+  if (e->tokenizer_->vocab_size() > e->cfg_.text.vocab_size)
+    return ShapeMismatch(tok_path + ": tokenizer has " + std::to_string(e->tokenizer_->vocab_size()) +
+                         " tokens but config.json text_config.vocab_size is " + std::to_string(e->cfg_.text.vocab_size));
+  if (!e->tok_cfg_.chat_template.empty()) {
+    auto ct = ChatTemplate::parse(e->tok_cfg_.chat_template);
+    if (!ct.ok()) return ct.status().with_context(model_dir + ": chat template (" + e->tok_cfg_.chat_template_source + ")");
+    e->chat_ = std::make_unique<ChatTemplate>(std::move(ct).value());
+  }
+  if (e->pre_.image_seq_len != 0 && e->pre_.image_seq_len != e->model_->tokens_per_tile())
+    return ShapeMismatch(model_dir + ": image_seq_len " + std::to_string(e->pre_.image_seq_len) +
+                         " in the processor config disagrees with the model's " +
+                         std::to_string(e->model_->tokens_per_tile()) + " tokens per tile");
+  if (e->pre_.max_image_size_longest_edge != e->model_->tile_size())
+    return ShapeMismatch(model_dir + "/preprocessor_config.json: max_image_size.longest_edge " +
+                         std::to_string(e->pre_.max_image_size_longest_edge) + " differs from vision image_size " +
+                         std::to_string(e->model_->tile_size()));
+
+  // Stop tokens: eos ids from config.json, the tokenizer config's eos token, and <end_of_utterance>.
+  auto add_stop = [&](int32_t id) {
+    if (id >= 0 && std::find(e->stop_ids_.begin(), e->stop_ids_.end(), id) == e->stop_ids_.end())
+      e->stop_ids_.push_back(id);
+  };
+  for (int id : e->cfg_.eos_token_ids) add_stop(id);
+  add_stop(e->cfg_.eos_token_id);
+  if (!e->tok_cfg_.eos_token.empty()) add_stop(e->tokenizer_->token_to_id(e->tok_cfg_.eos_token));
+  add_stop(e->tokenizer_->token_to_id("<end_of_utterance>"));
+
+  e->load_s_ = now_s() - t0;
+  return e;
+}
+
+// Packs every Linear weight for the backend now (oneDNN's blocked layout, bf16 conversion), so that load time
+// includes it and the first inference does not pay it.
+Status Engine::prepare_weights() {
+  Backend* be = exec_->backend();
+  const int S = model_->tile_size();
+  Graph gv;
+  model_->build_vision(gv, gv.input("pixels", Tensor::empty(DType::kF32, Shape{1, 3, S, S})));
+  EV_RETURN_IF_ERROR(gv.status());
+  EV_RETURN_IF_ERROR(be->prepare_weights(gv));
+  Graph gt;
+  KvCache cache = model_->make_cache(1);
+  TensorId x = model_->build_embed(gt, gt.input("ids", Tensor::empty(DType::kI32, Shape{1})));
+  model_->build_decoder(gt, x, 1, cache, 1);
+  EV_RETURN_IF_ERROR(gt.status());
+  return be->prepare_weights(gt);
+}
+
+Status Engine::init_backend() {
+  pool_ = std::make_unique<ThreadPool>(opt_.threads);
+  ref_backend_ = make_ref_backend();
+  if (opt_.use_reference_backend) {
+    exec_ = std::make_unique<Executor>(ref_backend_.get(), ref_backend_.get());
+  } else {
+    backend_ = make_cpu_backend(pool_.get(), opt_.precision);
+    exec_ = std::make_unique<Executor>(backend_.get(), ref_backend_.get());
+  }
+  return Status::Ok();
+}
+
+Result<std::string> Engine::render_prompt(int n_images, const std::string& text) const {
+  nlohmann::json content = nlohmann::json::array();
+  for (int i = 0; i < n_images; ++i) content.push_back({{"type", "image"}});
+  content.push_back({{"type", "text"}, {"text", text}});
+  nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", content}}});
+  if (!chat_) {
+    // No template: the plain Idefics3 layout.
+    std::string s = "User:";
+    for (int i = 0; i < n_images; ++i) s += "<image>";
+    return s + text + "<end_of_utterance>\nAssistant:";
+  }
+  nlohmann::json extra = {{"bos_token", tok_cfg_.bos_token}, {"eos_token", tok_cfg_.eos_token}};
+  return chat_->render(messages, /*add_generation_prompt=*/true, extra);
+}
+
+Result<Tensor> Engine::preprocess(const Image& img, int image_splitting, int* rows, int* cols) const {
+  VlmImageOptions o;
+  o.do_resize = pre_.do_resize;
+  o.longest_edge = pre_.size_longest_edge;
+  o.max_image_size = pre_.max_image_size_longest_edge;
+  o.do_image_splitting = image_splitting < 0 ? pre_.do_image_splitting : image_splitting != 0;
+  o.do_rescale = pre_.do_rescale;
+  o.rescale_factor = static_cast<float>(pre_.rescale_factor);
+  o.do_normalize = pre_.do_normalize;
+  for (int c = 0; c < 3; ++c) {
+    o.mean[c] = pre_.image_mean[static_cast<size_t>(c)];
+    o.std[c] = pre_.image_std[static_cast<size_t>(c)];
+  }
+  o.resample = pre_.resample;
+  o.image_seq_len = model_->tokens_per_tile();
+  EV_ASSIGN_OR_RETURN(PreprocessedImage p, preprocess_image(img, o));
+  if (rows) *rows = p.rows;
+  if (cols) *cols = p.cols;
+  return p.pixels;
+}
+
+Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, const ExecOptions& exec) {
+  const int S = model_->tile_size();
+  if (pixels.ndim() != 4 || pixels.dim(1) != 3 || pixels.dim(2) != S || pixels.dim(3) != S ||
+      pixels.dtype() != DType::kF32)
+    return ShapeMismatch("pixel tiles must be f32 [n, 3, " + std::to_string(S) + ", " + std::to_string(S) + "], got " +
+                         std::string(dtype_name(pixels.dtype())) + " " + pixels.shape().to_string());
+  Graph g;
+  TensorId px = g.input("pixels", pixels);
+  TensorId vout = -1;
+  TensorId emb = model_->build_vision(g, px, &vout);
+  g.mark_output(emb);
+  if (vision_out) g.mark_output(vout);
+  EV_ASSIGN_OR_RETURN(ExecResult r, exec_->run(g, exec));
+  if (vision_out) *vision_out = r[vout];
+  return r[emb];
+}
+
+Result<Tensor> Engine::forward_text(const std::vector<int32_t>& ids, const Tensor& image_embeds, KvCache& cache,
+                                    int64_t n_logits, const ExecOptions& exec) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  if (T == 0) return InvalidArgument("forward_text: no tokens");
+  if (cache.size() + T > cache.capacity())
+    return InvalidArgument("KV cache full: " + std::to_string(cache.size()) + " + " + std::to_string(T) +
+                           " tokens exceed its capacity of " + std::to_string(cache.capacity()));
+  const int64_t V = model_->vocab_size();
+  std::vector<int32_t> img_pos;
+  for (int64_t i = 0; i < T; ++i) {
+    if (ids[static_cast<size_t>(i)] < 0 || ids[static_cast<size_t>(i)] >= V)
+      return InvalidArgument("token id " + std::to_string(ids[static_cast<size_t>(i)]) + " at position " +
+                             std::to_string(i) + " is outside the vocabulary of " + std::to_string(V));
+    if (ids[static_cast<size_t>(i)] == cfg_.image_token_id) img_pos.push_back(static_cast<int32_t>(i));
+  }
+  const int64_t n_img = image_embeds.data() ? image_embeds.numel() / model_->text_hidden() : 0;
+  if (static_cast<int64_t>(img_pos.size()) != n_img)
+    return ShapeMismatch("the prompt has " + std::to_string(img_pos.size()) + " image tokens but " +
+                         std::to_string(n_img) + " image embeddings were given");
+  n_logits = std::clamp<int64_t>(n_logits, 1, T);
+
+  Tensor ids_t = Tensor::empty(DType::kI32, Shape{T});
+  std::memcpy(ids_t.data(), ids.data(), ids.size() * sizeof(int32_t));
+  Graph g;
+  TensorId x = model_->build_embed(g, g.input("ids", ids_t));
+  Tensor pos_t;
+  if (n_img > 0) {
+    pos_t = Tensor::empty(DType::kI32, Shape{n_img});
+    std::memcpy(pos_t.data(), img_pos.data(), img_pos.size() * sizeof(int32_t));
+    EV_ASSIGN_OR_RETURN(Tensor emb2, image_embeds.reshape(Shape{n_img, model_->text_hidden()}));
+    x = g.scatter_rows("t.embd_merged", x, g.input("image_embeds", emb2), g.input("image_pos", pos_t));
+  }
+  TensorId logits = model_->build_decoder(g, x, T, cache, n_logits);
+  g.mark_output(logits);
+  EV_ASSIGN_OR_RETURN(ExecResult r, exec_->run(g, exec));
+  cache.set_size(cache.size() + T);
+  return r[logits];
+}
+
+Result<GenerateResult> Engine::describe(const std::vector<Image>& images, const std::string& prompt,
+                                        const GenerateOptions& gen, const StreamCallback& stream) {
+  GenerateResult res;
+  if (gen.max_new_tokens < 0 || gen.max_new_tokens > 1 << 20)
+    return InvalidArgument("max_new_tokens " + std::to_string(gen.max_new_tokens) + " is out of range");
+  double t = now_s();
+  EV_ASSIGN_OR_RETURN(std::string text, render_prompt(static_cast<int>(images.size()), prompt));
+
+  // Tiles of all images, in order, as one batch.
+  std::vector<PreprocessedImage> pre;
+  int64_t n_tiles = 0;
+  for (size_t i = 0; i < images.size(); ++i) {
+    PreprocessedImage p;
+    auto px = preprocess(images[i], gen.image_splitting, &p.rows, &p.cols);
+    if (!px.ok()) return px.status().with_context("image " + std::to_string(i));
+    p.pixels = std::move(px).value();
+    n_tiles += p.pixels.dim(0);
+    pre.push_back(std::move(p));
+  }
+  EV_ASSIGN_OR_RETURN(std::string expanded, expand_image_tokens(text, pre, model_->tokens_per_tile()));
+  std::vector<int32_t> ids = tokenizer_->encode(expanded, /*add_special_tokens=*/true);
+  res.stats.preprocess_s = now_s() - t;
+
+  Tensor image_embeds;
+  if (n_tiles > 0) {
+    t = now_s();
+    const int S = model_->tile_size();
+    Tensor all = Tensor::empty(DType::kF32, Shape{n_tiles, 3, S, S});
+    size_t off = 0;
+    for (const auto& p : pre) {
+      std::memcpy(static_cast<char*>(all.data()) + off, p.pixels.data(), p.pixels.nbytes());
+      off += p.pixels.nbytes();
+    }
+    EV_ASSIGN_OR_RETURN(image_embeds, encode_tiles(all));
+    res.stats.vision_s = now_s() - t;
+    res.stats.n_tiles = static_cast<int>(n_tiles);
+  }
+
+  t = now_s();
+  KvCache cache = model_->make_cache(static_cast<int64_t>(ids.size()) + gen.max_new_tokens + 1);
+  EV_ASSIGN_OR_RETURN(Tensor logits, forward_text(ids, image_embeds, cache, 1));
+  res.stats.prefill_s = now_s() - t;
+  res.stats.prompt_tokens = static_cast<int>(ids.size());
+
+  Sampler sampler(gen.sampler);
+  sampler.accept(ids);  // repetition penalty counts the prompt, as transformers does
+  StreamDecoder sdec(*tokenizer_, /*skip_special_tokens=*/true);
+  const int V = static_cast<int>(model_->vocab_size());
+  t = now_s();
+  res.stats.stop_reason = "max_new_tokens";
+  for (int step = 0; step < gen.max_new_tokens; ++step) {
+    const int32_t tok = sampler.sample(logits.data_as<float>(), V);
+    const bool is_eos = std::find(stop_ids_.begin(), stop_ids_.end(), tok) != stop_ids_.end();
+    const bool is_stop = std::find(gen.extra_stop_tokens.begin(), gen.extra_stop_tokens.end(), tok) !=
+                         gen.extra_stop_tokens.end();
+    if ((is_eos && gen.stop_at_eos) || is_stop) {
+      res.stats.stop_reason = is_stop ? "stop_token" : "eos";
+      break;
+    }
+    res.tokens.push_back(tok);
+    sampler.accept(tok);
+    const std::string piece = sdec.step(tok);
+    res.text += piece;
+    if (stream && !piece.empty() && !stream(piece)) {
+      res.stats.stop_reason = "callback";
+      break;
+    }
+    if (step + 1 == gen.max_new_tokens) break;
+    EV_ASSIGN_OR_RETURN(logits, forward_text({tok}, Tensor(), cache, 1));
+  }
+  const std::string tail = sdec.flush();
+  res.text += tail;
+  if (stream && !tail.empty()) stream(tail);
+  res.stats.decode_s = now_s() - t;
+  res.stats.generated_tokens = static_cast<int>(res.tokens.size());
+  return res;
+}
+
+}  // namespace ev

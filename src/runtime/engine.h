@@ -1,0 +1,125 @@
+// Engine: a loaded vision-language model ready to answer prompts about images — the model (weights +
+// architecture), its tokenizer, chat template and image processor, the CPU backend, and generation with a KV
+// cache. The layer between the building blocks (models, text, perception) and the tools / API / CLI.
+//
+//   load(dir)  -> config.json, *.safetensors (mmap), tokenizer.json, tokenizer_config.json, preprocessor_config.json
+//   describe() -> chat template -> image tiles -> expanded prompt -> tokens -> vision tower + connector (all tiles
+//                 of all images in one batch) -> merge image embeddings -> prefill -> sample/decode loop
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/status.h"
+#include "core/tensor.h"
+#include "core/thread_pool.h"
+#include "formats/hf_config.h"
+#include "formats/safetensors.h"
+#include "graph/backend.h"
+#include "graph/executor.h"
+#include "models/vlm.h"
+#include "perception/image.h"
+#include "text/chat_template.h"
+#include "text/sampling.h"
+#include "text/tokenizer.h"
+
+namespace ev {
+
+using text::ChatTemplate;
+using text::SamplerParams;
+using text::Tokenizer;
+
+struct EngineOptions {
+  int threads = 0;                        // 0: all hardware threads
+  Precision precision = Precision::kBF16;
+  bool use_reference_backend = false;     // run everything on the plain reference kernels (debugging)
+  // Benchmarks of random-weight models have no tokenizer / processor files: load the network alone.
+  bool network_only = false;
+};
+
+struct GenerateOptions {
+  int max_new_tokens = 64;
+  SamplerParams sampler;                  // temperature 0 = greedy
+  bool stop_at_eos = true;
+  std::vector<int32_t> extra_stop_tokens;
+  int image_splitting = -1;               // -1: the preprocessor config decides; 0: --no-split; 1: split
+};
+
+struct GenerateStats {
+  double load_s = 0;          // only filled by load()
+  double preprocess_s = 0;
+  double vision_s = 0;        // vision tower + connector, all tiles
+  int n_tiles = 0;
+  double prefill_s = 0;
+  int prompt_tokens = 0;
+  double decode_s = 0;
+  int generated_tokens = 0;
+  std::string stop_reason;    // "eos", "stop_token", "max_new_tokens", "callback"
+};
+
+struct GenerateResult {
+  std::string text;
+  std::vector<int32_t> tokens;
+  GenerateStats stats;
+};
+
+// Streaming: called with each newly decoded piece of text; return false to stop generation.
+using StreamCallback = std::function<bool(const std::string& piece)>;
+
+class Engine {
+ public:
+  static Result<std::unique_ptr<Engine>> load(const std::string& model_dir, const EngineOptions& opt = {});
+  ~Engine();
+
+  // The whole job: answer `prompt` about `images` (in order; the prompt gets one <image> per image before the
+  // text, as a single user turn).
+  Result<GenerateResult> describe(const std::vector<Image>& images, const std::string& prompt,
+                                  const GenerateOptions& gen, const StreamCallback& stream = nullptr);
+
+  // Building blocks (tests, benchmarks, profiling).
+  // The chat-templated prompt for one user turn with n_images images followed by text.
+  Result<std::string> render_prompt(int n_images, const std::string& text) const;
+  // pixels [n_tiles, 3, S, S] -> image embeddings [n_tiles, tokens_per_tile, text_hidden] (+ vision tower output).
+  Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {});
+  // Runs the decoder on `ids` at the cache's current position, replacing the embeddings of image-token positions
+  // with rows of `image_embeds` ([n, H], in order; may be undefined when ids hold no image token), and returns
+  // logits of the last n_logits rows [n_logits, V]. Advances cache.size().
+  Result<Tensor> forward_text(const std::vector<int32_t>& ids, const Tensor& image_embeds, KvCache& cache,
+                              int64_t n_logits = 1, const ExecOptions& exec = {});
+  // Image tiles of one image, as the model's processor makes them.
+  Result<Tensor> preprocess(const Image& img, int image_splitting, int* rows, int* cols) const;
+
+  const VlmModel& model() const { return *model_; }
+  const VlmConfig& config() const { return cfg_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const PreprocessorConfig& preprocessor() const { return pre_; }
+  const EngineOptions& options() const { return opt_; }
+  ThreadPool& pool() { return *pool_; }
+  Executor& executor() { return *exec_; }
+  double load_seconds() const { return load_s_; }
+  const std::string& model_dir() const { return dir_; }
+
+ private:
+  Engine() = default;
+  Status init_backend();
+  Status prepare_weights();
+
+  std::string dir_;
+  EngineOptions opt_;
+  VlmConfig cfg_;
+  PreprocessorConfig pre_;
+  TokenizerConfig tok_cfg_;
+  TensorStore store_;
+  std::unique_ptr<VlmModel> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<ChatTemplate> chat_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<Backend> backend_, ref_backend_;
+  std::unique_ptr<Executor> exec_;
+  std::vector<int32_t> stop_ids_;
+  double load_s_ = 0;
+};
+
+}  // namespace ev
