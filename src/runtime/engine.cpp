@@ -1,6 +1,7 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 
 #include "core/clock.h"
@@ -93,19 +94,59 @@ Status Engine::init_backend() {
   return Status::Ok();
 }
 
-Result<std::string> Engine::render_prompt(int n_images, const std::string& text) const {
+Result<nlohmann::json> Engine::user_turn(int n_images, const std::string& text) {
+  static const std::string kMarker = "<image>";
+  if (n_images < 0) return InvalidArgument("negative image count");
   nlohmann::json content = nlohmann::json::array();
-  for (int i = 0; i < n_images; ++i) content.push_back({{"type", "image"}});
-  content.push_back({{"type", "text"}, {"text", text}});
-  nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", content}}});
+  int markers = 0;
+  for (size_t p = text.find(kMarker); p != std::string::npos; p = text.find(kMarker, p + 1)) ++markers;
+  if (markers == 0) {
+    for (int i = 0; i < n_images; ++i) content.push_back({{"type", "image"}});
+    content.push_back({{"type", "text"}, {"text", text}});
+  } else {
+    if (markers != n_images)
+      return InvalidArgument("the prompt has " + std::to_string(markers) + " <image> markers but " +
+                             std::to_string(n_images) + " images were given");
+    size_t pos = 0;
+    for (size_t p = text.find(kMarker); p != std::string::npos; p = text.find(kMarker, pos)) {
+      if (p > pos) content.push_back({{"type", "text"}, {"text", text.substr(pos, p - pos)}});
+      content.push_back({{"type", "image"}});
+      pos = p + kMarker.size();
+    }
+    if (pos < text.size()) content.push_back({{"type", "text"}, {"text", text.substr(pos)}});
+  }
+  return nlohmann::json::array({{{"role", "user"}, {"content", content}}});
+}
+
+Result<std::string> Engine::render_messages(const nlohmann::json& messages) const {
+  if (!messages.is_array()) return InvalidArgument("messages must be a JSON array of {role, content}");
   if (!chat_) {
-    // No template: the plain Idefics3 layout.
-    std::string s = "User:";
-    for (int i = 0; i < n_images; ++i) s += "<image>";
-    return s + text + "<end_of_utterance>\nAssistant:";
+    // No template: the plain Idefics3 layout ("User:<image>text<end_of_utterance>\nAssistant:").
+    std::string s;
+    for (const auto& m : messages) {
+      if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+        return InvalidArgument("each message needs a string \"role\"");
+      std::string role = m["role"].get<std::string>();
+      if (!role.empty()) role[0] = static_cast<char>(std::toupper(static_cast<unsigned char>(role[0])));
+      s += role + ":";
+      const auto& c = m.value("content", nlohmann::json());
+      if (c.is_string()) {
+        s += c.get<std::string>();
+      } else if (c.is_array()) {
+        for (const auto& part : c)
+          s += part.value("type", "") == "image" ? std::string("<image>") : part.value("text", std::string());
+      }
+      s += "<end_of_utterance>\n";
+    }
+    return s + "Assistant:";
   }
   nlohmann::json extra = {{"bos_token", tok_cfg_.bos_token}, {"eos_token", tok_cfg_.eos_token}};
   return chat_->render(messages, /*add_generation_prompt=*/true, extra);
+}
+
+Result<std::string> Engine::render_prompt(int n_images, const std::string& text) const {
+  EV_ASSIGN_OR_RETURN(nlohmann::json messages, user_turn(n_images, text));
+  return render_messages(messages);
 }
 
 Result<Tensor> Engine::preprocess(const Image& img, int image_splitting, int* rows, int* cols) const {
@@ -187,11 +228,17 @@ Result<Tensor> Engine::forward_text(const std::vector<int32_t>& ids, const Tenso
 
 Result<GenerateResult> Engine::describe(const std::vector<Image>& images, const std::string& prompt,
                                         const GenerateOptions& gen, const StreamCallback& stream) {
+  EV_ASSIGN_OR_RETURN(nlohmann::json messages, user_turn(static_cast<int>(images.size()), prompt));
+  return generate(images, messages, gen, stream);
+}
+
+Result<GenerateResult> Engine::generate(const std::vector<Image>& images, const nlohmann::json& messages,
+                                        const GenerateOptions& gen, const StreamCallback& stream) {
   GenerateResult res;
   if (gen.max_new_tokens < 0 || gen.max_new_tokens > 1 << 20)
     return InvalidArgument("max_new_tokens " + std::to_string(gen.max_new_tokens) + " is out of range");
   double t = now_s();
-  EV_ASSIGN_OR_RETURN(std::string text, render_prompt(static_cast<int>(images.size()), prompt));
+  EV_ASSIGN_OR_RETURN(std::string text, render_messages(messages));
 
   // Tiles of all images, in order, as one batch.
   std::vector<PreprocessedImage> pre;

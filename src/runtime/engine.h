@@ -78,8 +78,18 @@ class Engine {
   Result<GenerateResult> describe(const std::vector<Image>& images, const std::string& prompt,
                                   const GenerateOptions& gen, const StreamCallback& stream = nullptr);
 
+  // The same for a whole conversation in the Hugging Face chat format (roles system / user / assistant, content a
+  // string or a list of {"type": "text", "text": ...} / {"type": "image"} parts); `images` fill the image parts
+  // in order, and their count must match.
+  Result<GenerateResult> generate(const std::vector<Image>& images, const nlohmann::json& messages,
+                                  const GenerateOptions& gen, const StreamCallback& stream = nullptr);
+
   // Building blocks (tests, benchmarks, profiling).
-  // The chat-templated prompt for one user turn with n_images images followed by text.
+  // One user turn: `text` may place the images with "<image>" markers (one per image, as llama.cpp's media
+  // marker); without markers the n_images images come first, then the text.
+  static Result<nlohmann::json> user_turn(int n_images, const std::string& text);
+  // The chat-templated prompt (with the generation prompt) of a conversation.
+  Result<std::string> render_messages(const nlohmann::json& messages) const;
   Result<std::string> render_prompt(int n_images, const std::string& text) const;
   // pixels [n_tiles, 3, S, S] -> image embeddings [n_tiles, tokens_per_tile, text_hidden] (+ vision tower output).
   Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {});

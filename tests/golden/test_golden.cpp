@@ -228,19 +228,26 @@ TEST_P(GoldenTest, DescribeFromImageFile) {
       ASSERT_TRUE(img.ok()) << img.status().to_string();
       images.push_back(std::move(img).value());
     }
-    // The user text of the (single) user turn.
-    std::string text;
-    for (const auto& part : c.meta.at("messages")[0].at("content"))
-      if (part.at("type") == "text") text = part.at("text").get<std::string>();
-    auto prompt = e->render_prompt(static_cast<int>(images.size()), text);
+    // The whole conversation as transformers rendered it.
+    const nlohmann::json& messages = c.meta.at("messages");
+    auto prompt = e->render_messages(messages);
     ASSERT_TRUE(prompt.ok()) << prompt.status().to_string();
     EXPECT_EQ(*prompt, c.meta.at("prompt").get<std::string>());
+    // A single user turn also through describe()'s <image> markers.
+    if (messages.size() == 1) {
+      std::string marked;
+      for (const auto& part : messages[0].at("content"))
+        marked += part.at("type") == "image" ? std::string("<image>") : part.at("text").get<std::string>();
+      auto p2 = e->render_prompt(static_cast<int>(images.size()), marked);
+      ASSERT_TRUE(p2.ok()) << p2.status().to_string();
+      EXPECT_EQ(*p2, *prompt);
+    }
 
     ev::GenerateOptions g;
     g.max_new_tokens = static_cast<int>(c.meta.at("greedy_tokens").size());
     g.stop_at_eos = false;
     g.image_splitting = c.meta.at("do_image_splitting").get<bool>() ? 1 : 0;
-    auto r = e->describe(images, text, g);
+    auto r = e->generate(images, messages, g);
     ASSERT_TRUE(r.ok()) << r.status().to_string();
     EXPECT_EQ(r->stats.prompt_tokens, static_cast<int>(ids_of(c.tensors, "input_ids").size()));
     EXPECT_EQ(r->tokens, c.meta.at("greedy_tokens").get<std::vector<int32_t>>());

@@ -126,14 +126,15 @@ void layer_norm_k(const float* x, int64_t rows, int64_t C, const float* w, const
     const float mean = row_sum<V>(xr, C) / static_cast<float>(C);
     const float var = row_sq_dev<V>(xr, C, mean) / static_cast<float>(C);  // biased, as torch
     const float inv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(var) + static_cast<double>(eps)));
-    // y = (x - mean) * inv * w + b = (x * inv + (-mean * inv)) * w + b
-    const typename V::R iv = V::set1(inv), sh = V::set1(-mean * inv);
+    // y = (x - mean) * inv * w + b. Not x * inv - mean * inv: with a near-constant row inv is ~1/sqrt(eps) and the
+    // two large products cancel catastrophically.
+    const typename V::R iv = V::set1(inv), mv = V::set1(mean);
     int64_t i = 0;
     for (; i + V::N <= C; i += V::N)
-      V::store(yr + i, V::fmadd(V::fmadd(V::load(xr + i), iv, sh), V::load(w + i), V::load(b + i)));
+      V::store(yr + i, V::fmadd(V::mul(V::sub(V::load(xr + i), mv), iv), V::load(w + i), V::load(b + i)));
     if (i < C) {
       const int n = static_cast<int>(C - i);
-      V::store_n(yr + i, V::fmadd(V::fmadd(V::load_n(xr + i, n), iv, sh), V::load_n(w + i, n), V::load_n(b + i, n)),
+      V::store_n(yr + i, V::fmadd(V::mul(V::sub(V::load_n(xr + i, n), mv), iv), V::load_n(w + i, n), V::load_n(b + i, n)),
                  n);
     }
   }
