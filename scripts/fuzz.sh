@@ -123,6 +123,38 @@ write(J, "tokenizer_config.json", json.dumps({
     "additional_special_tokens": ["<image>", {"content": "<fake_token_around_image>"}],
     "chat_template": [{"name": "default", "template": "{% for m in messages %}{{ m['role'] }}{% endfor %}"}]}))
 write(J, "deep.json", "[" * 300 + "]" * 300)
+K = "fuzz_tokenizer"
+tiny_tok = {
+    "version": "1.0", "truncation": None, "padding": None,
+    "added_tokens": [{"id": 6, "content": "<image>", "single_word": False, "lstrip": False, "rstrip": False,
+                      "normalized": False, "special": True}],
+    "normalizer": None,
+    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+    "post_processor": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+    "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+    "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+              "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+              "vocab": {"a": 0, "b": 1, "ab": 2, "\u0120": 3, "\u0120ab": 4, "c": 5},
+              "merges": ["a b", "\u0120 ab"]}}
+write(K, "json_tiny", "J" + json.dumps(tiny_tok))
+bad = json.loads(json.dumps(tiny_tok)); bad["model"]["merges"] = ["a zz"]
+write(K, "json_bad_merge", "J" + json.dumps(bad))
+bad = json.loads(json.dumps(tiny_tok)); bad["model"]["type"] = "Unigram"
+write(K, "json_unsupported_model", "J" + json.dumps(bad))
+bad = json.loads(json.dumps(tiny_tok)); bad["added_tokens"][0]["id"] = -3
+write(K, "json_bad_added_id", "J" + json.dumps(bad))
+bad = json.loads(json.dumps(tiny_tok)); bad["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(["}, "behavior": "Isolated"}
+write(K, "json_bad_regex", "J" + json.dumps(bad))
+write(K, "json_truncated", "J" + json.dumps(tiny_tok)[:120])
+write(K, "text_ascii", "TThe light is red; pedestrian crossing left.  \n\t 12345 km/h")
+write(K, "text_unicode", "T\u00e9t\u00e9 \u65e5\u672c\u8a9e \U0001F697\U0001F6A6 \u0645\u0631\u062d\u0628\u0627 \u00a0\u2028")
+write(K, "text_special", "T<|im_start|>User:<image><image>Hi<end_of_utterance>\nAssistant:")
+write(K, "text_invalid_utf8", b"T\xff\xfe\xc3(\xe2\x82 ok \xf0\x9f\x98")
+write(K, "chat_idefics3", "C<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+write(K, "chat_string_content", "C{% for m in messages %}{{ m.role }}: {{ m.content if m.content is string else m.content|length }}\n{% endfor %}")
+write(K, "chat_unclosed", "C{% for m in messages %}{{ m.role ")
+write(K, "chat_raise", "C{{ raise_exception('no system role') }}")
+write(K, "chat_deep_loop", "C{% for a in range(100) %}{% for b in range(100) %}{{ a * b }}{% endfor %}{% endfor %}")
 print("seeds written under", root)
 PY
 }
@@ -149,7 +181,8 @@ fi
 
 mkdir -p "$BUILD_DIR/obj"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
-CXXFLAGS=(-std=c++20 -O1 -g -march=x86-64-v3 -Isrc -Iinclude $SAN -fsanitize=fuzzer-no-link)
+CXXFLAGS=(-std=c++20 -O1 -g -march=x86-64-v3 -Isrc -Iinclude $SAN -fsanitize=fuzzer-no-link
+          "-DEDGEVLM_FIXTURE_DIR=\"$ROOT/tests/fixtures\"")
 
 # One static archive per layer the targets may need. A layer that does not compile (work in progress elsewhere)
 # is skipped with a warning; only targets that need it then fail to link.

@@ -203,6 +203,30 @@ TEST(Gemm, EveryPathIsExactOnIntegers) {
   }
 }
 
+// Every threading path at prefill-like shapes must run on oneDNN's optimised kernels: a sliced destination with
+// a row stride larger than its width once sent the column split to ref:any (0.1 GFLOP/s).
+TEST(Gemm, NoPathFallsBackToOneDnnReference) {
+  OptionsGuard guard;
+  ThreadPool pool(2);
+  std::mt19937 rng(11);
+  Tensor w = make_weight(64 * 5 + 7, 96, DType::kBF16, rng);
+  for (GemmSplit split : {GemmSplit::kAuto, GemmSplit::kRows, GemmSplit::kCols})
+    for (Precision prec : {Precision::kF32, Precision::kBF16}) {
+      GemmOptions o;
+      o.split = split;
+      o.gemv_max_m = 0;
+      set_gemm_options(o);
+      gemm_clear_cache();
+      auto pl = pack_linear(w, nullptr, prec);
+      ASSERT_TRUE(pl.ok());
+      std::vector<float> x(40 * 96, 0.25f), y(40 * static_cast<size_t>(w.dim(0)));
+      for (int64_t M : {5, 17, 40}) ASSERT_TRUE(linear_forward(*pl.value(), x.data(), M, y.data(), &pool).ok());
+      for (const std::string& impl : gemm_cached_impls())
+        EXPECT_NE(impl.rfind("ref", 0), 0u) << "split " << static_cast<int>(split) << " " << precision_name(prec)
+                                            << ": " << impl;
+    }
+}
+
 TEST(Gemm, RepeatedCallsAndManyMReuseThePrimitiveCache) {
   ThreadPool pool(2);
   std::mt19937 rng(3);

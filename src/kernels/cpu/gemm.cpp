@@ -113,6 +113,13 @@ Scratch& thread_dnnl_scratchpad() {
   return s;
 }
 
+// Output panels of the column split (kept apart from thread_scratch(), which may hold the caller's converted
+// activations while the calling thread also runs a slice).
+Scratch& thread_out_scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
 void f32_to_bf16(const float* src, uint16_t* dst, int64_t n) {
   if (cpu_features().has_avx512_bf16()) {
     gemm_detail::f32_to_bf16_avx512(src, dst, n);
@@ -253,8 +260,8 @@ std::shared_ptr<PrimEntry> get_primitive(const PackedLinear& pl, int64_t M, int6
   return it->second;
 }
 
-// Executes y[0:M, n0:n0+ncols] (row stride ldc) = src[M, K] · W[:, n0:n0+ncols] + b on the calling thread.
-void execute_slice(const PackedLinear& pl, const void* src, int64_t M, int64_t n0, int64_t ncols, float* y,
+// Executes dst[0:M, 0:ncols] (row stride ldc) = src[M, K] · W[:, n0:n0+ncols] + b[n0:] on the calling thread.
+void execute_slice(const PackedLinear& pl, const void* src, int64_t M, int64_t n0, int64_t ncols, float* dst,
                    int64_t ldc, int nthr) {
   auto e = get_primitive(pl, M, ncols, ldc, nthr);
   dnnl::engine& eng = cpu_engine();
@@ -262,7 +269,7 @@ void execute_slice(const PackedLinear& pl, const void* src, int64_t M, int64_t n
   auto* wptr = static_cast<char*>(pl.w.get()) + static_cast<size_t>(n0 * pl.Kp) * pl.elem_size();
   memory src_m(e->src_md, eng, const_cast<void*>(src));
   memory w_m(e->w_md, eng, wptr);
-  memory dst_m(e->dst_md, eng, y + n0);
+  memory dst_m(e->dst_md, eng, dst);
   std::unordered_map<int, memory> args{{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DST, dst_m}};
   if (pl.bias) args.emplace(DNNL_ARG_BIAS, memory(e->b_md, eng, pl.bias.get() + n0));
   const size_t sp = e->scratch_md.get_size();
@@ -355,8 +362,17 @@ Status run_slices(const PackedLinear& pl, const float* x, int64_t M, float* y, T
   }
   return parallel_status(pool, pl.Np / 64, 1, [&](int, int64_t b0, int64_t b1) {
     OmpThreadLimit lim(1);
-    const int64_t n0 = b0 * 64, n1 = std::min(pl.N, b1 * 64);
-    execute_slice(pl, src, M, n0, n1 - n0, y, pl.N, 1);
+    const int64_t n0 = b0 * 64, n1 = std::min(pl.N, b1 * 64), nc = n1 - n0;
+    if (nc == pl.N) {
+      execute_slice(pl, src, M, n0, nc, y + n0, pl.N, 1);
+      return;
+    }
+    // oneDNN 2.6's brgemm matmul rejects a destination whose row stride exceeds its column count and falls back to
+    // ref:any (~1000x slower, measured: 0.1 GFLOP/s). So the slice is computed into a dense panel and copied out.
+    auto* panel = static_cast<float*>(thread_out_scratch().get(static_cast<size_t>(M * nc) * 4));
+    execute_slice(pl, src, M, n0, nc, panel, nc, 1);
+    for (int64_t m = 0; m < M; ++m)
+      std::memcpy(y + m * pl.N + n0, panel + m * nc, static_cast<size_t>(nc) * 4);
   });
 }
 
@@ -548,6 +564,13 @@ GemmCacheStats gemm_cache_stats() {
   std::lock_guard<std::mutex> lk(g_cache_mu);
   s.entries = static_cast<int64_t>(g_cache.size());
   return s;
+}
+
+std::vector<std::string> gemm_cached_impls() {
+  std::lock_guard<std::mutex> lk(g_cache_mu);
+  std::vector<std::string> out;
+  for (const auto& kv : g_cache) out.push_back(kv.second->impl);
+  return out;
 }
 
 void gemm_clear_cache() {

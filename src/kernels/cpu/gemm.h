@@ -43,6 +43,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/status.h"
 #include "core/tensor.h"
@@ -99,6 +100,9 @@ struct GemmCacheStats {
 };
 GemmCacheStats gemm_cache_stats();
 void gemm_clear_cache();
+// oneDNN's implementation name of every cached Linear primitive ("brg:avx512_core_bf16", ...). A "ref:" entry
+// means a shape or stride oneDNN's optimised kernels refused: ~1000x slower, and a bug on our side.
+std::vector<std::string> gemm_cached_impls();
 
 // ---- Batched plain GEMM (for attention): C[b] = alpha · A[b] · op(B[b]) + beta · C[b] ----
 //   A[b]: [M, K] row-major, row stride lda, batch stride stride_a (elements)
