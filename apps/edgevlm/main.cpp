@@ -1,7 +1,8 @@
 // edgevlm: the command-line program. One subcommand per tool; every subcommand has --json for scripts.
 //   edgevlm describe --model DIR --image FILE [--image FILE...] [--prompt TEXT] [--json]
-//   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision f32|bf16] [--json]
-//   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision f32|bf16] [--svg FILE] [--json]
+//   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--json]
+//   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--svg FILE] [--json]
+//   edgevlm sim      (--spec FILE | --seed N [--scenarios K]) [--frames N] [--size WxH] [--out DIR] [--video FILE]
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -15,6 +16,7 @@
 #include "runtime/engine.h"
 #include "tools/bench.h"
 #include "tools/profile.h"
+#include "tools/sim_tool.h"
 
 namespace {
 
@@ -27,7 +29,7 @@ struct DescribeArgs {
   std::string model;
   std::vector<std::string> images;
   std::string prompt = "Describe this image.";
-  std::string precision = "bf16";
+  std::string precision = "auto";
   int threads = 0;
   int max_tokens = 64;
   float temperature = 0.f;
@@ -41,8 +43,7 @@ struct DescribeArgs {
 int run_describe(const DescribeArgs& a) {
   ev::EngineOptions opt;
   opt.threads = a.threads;
-  if (!ev::precision_from_string(a.precision, &opt.precision))
-    return fail(ev::InvalidArgument("--precision '" + a.precision + "' is not one of f32, bf16"));
+  if (ev::Status s = ev::parse_precision_option(a.precision, &opt); !s.ok()) return fail(s.with_context("--precision"));
   auto engine = ev::Engine::load(a.model, opt);
   if (!engine.ok()) return fail(engine.status());
   std::vector<ev::Image> images;
@@ -77,7 +78,7 @@ int run_describe(const DescribeArgs& a) {
         {"answer", r->text},
         {"tokens", r->tokens},
         {"stop_reason", s.stop_reason},
-        {"precision", a.precision},
+        {"precision", (*engine)->precision_label()},
         {"timing",
          {{"load_s", (*engine)->load_seconds()},
           {"preprocess_s", s.preprocess_s},
@@ -111,7 +112,7 @@ int main(int argc, char** argv) {
   describe->add_option("--model", d.model, "model directory (Hugging Face layout)")->required();
   describe->add_option("--image", d.images, "JPEG or PNG image (repeatable)")->required();
   describe->add_option("--prompt", d.prompt, "question or instruction");
-  describe->add_option("--precision", d.precision, "compute precision: bf16 or f32");
+  describe->add_option("--precision", d.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
   describe->add_option("--threads", d.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
   describe->add_option("--max-tokens", d.max_tokens, "maximum new tokens")->check(CLI::Range(0, 1 << 20));
   describe->add_option("--temperature", d.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0, 100.0));
@@ -128,6 +129,10 @@ int main(int argc, char** argv) {
   auto* profile = app.add_subcommand("profile", "per-op time, FLOPs, bytes and fraction of ceiling of one forward pass");
   ev::add_profile_options(*profile, p);
 
+  ev::SimOptions sim;
+  auto* simc = app.add_subcommand("sim", "road-scene simulator: frames, video and exact ground truth");
+  ev::add_sim_options(*simc, sim);
+
   CLI11_PARSE(app, argc, argv);
   if (verbose) ev::set_log_level(ev::LogLevel::kInfo);
   if (*describe) return run_describe(d);
@@ -137,6 +142,10 @@ int main(int argc, char** argv) {
   }
   if (*profile) {
     ev::Status s = ev::run_profile(p);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*simc) {
+    ev::Status s = ev::run_sim(sim);
     return s.ok() ? 0 : fail(s);
   }
   return 0;

@@ -30,7 +30,7 @@ typedef struct ev_model ev_model;
 
 typedef struct ev_model_params {
   int n_threads;         /* 0: all hardware threads */
-  const char* precision; /* "bf16" (default) or "f32" */
+  const char* precision; /* "auto" (default: bf16 text, the CPU's faster arithmetic for vision), "bf16" or "f32" */
 } ev_model_params;
 
 typedef struct ev_generate_params {

@@ -26,7 +26,7 @@ ev_status fail(ev_status code, const std::string& msg) {
 
 extern "C" {
 
-ev_model_params ev_model_default_params(void) { return {0, "bf16"}; }
+ev_model_params ev_model_default_params(void) { return {0, "auto"}; }
 
 ev_generate_params ev_generate_default_params(void) { return {64, 0.0f, 0, 1.0f, 0, -1}; }
 
@@ -41,8 +41,8 @@ ev_status ev_model_load(const char* model_dir, const ev_model_params* params, ev
     ev_model_params p = params ? *params : ev_model_default_params();
     ev::EngineOptions opt;
     opt.threads = p.n_threads;
-    if (p.precision && !ev::precision_from_string(p.precision, &opt.precision))
-      return fail(EV_ERR_INVALID_ARGUMENT, std::string("unknown precision '") + p.precision + "' (f32, bf16)");
+    if (p.precision && !ev::parse_precision_option(p.precision, &opt).ok())
+      return fail(EV_ERR_INVALID_ARGUMENT, std::string("unknown precision '") + p.precision + "' (auto, f32, bf16)");
     auto e = ev::Engine::load(model_dir, opt);
     if (!e.ok()) return fail(e.status());
     *out = new ev_model{std::move(e).value()};

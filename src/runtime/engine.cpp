@@ -6,6 +6,8 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "kernels/cpu/ceilings.h"
+#include "kernels/cpu/cpu_features.h"
 #include "perception/vlm_preprocess.h"
 
 namespace ev {
@@ -69,11 +71,12 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
 // includes it and the first inference does not pay it.
 Status Engine::prepare_weights() {
   Backend* be = exec_->backend();
+  Backend* vbe = vision_exec_->backend();
   const int S = model_->tile_size();
   Graph gv;
   model_->build_vision(gv, gv.input("pixels", Tensor::empty(DType::kF32, Shape{1, 3, S, S})));
   EV_RETURN_IF_ERROR(gv.status());
-  EV_RETURN_IF_ERROR(be->prepare_weights(gv));
+  EV_RETURN_IF_ERROR(vbe->prepare_weights(gv));
   Graph gt;
   KvCache cache = model_->make_cache(1);
   TensorId x = model_->build_embed(gt, gt.input("ids", Tensor::empty(DType::kI32, Shape{1})));
@@ -82,15 +85,43 @@ Status Engine::prepare_weights() {
   return be->prepare_weights(gt);
 }
 
+Status parse_precision_option(const std::string& s, EngineOptions* opt) {
+  if (s == "auto") {
+    opt->precision = cpu_features().has_avx512_bf16() ? Precision::kBF16 : Precision::kF32;
+    opt->vision_precision.reset();
+    return Status::Ok();
+  }
+  Precision p;
+  if (!precision_from_string(s, &p)) return InvalidArgument("precision '" + s + "' is not one of auto, f32, bf16");
+  opt->precision = p;
+  opt->vision_precision = p;
+  return Status::Ok();
+}
+
+std::string Engine::precision_label() const {
+  if (text_prec_ == vision_prec_) return precision_name(text_prec_);
+  return std::string("vision ") + precision_name(vision_prec_) + " + text " + precision_name(text_prec_);
+}
+
 Status Engine::init_backend() {
   pool_ = std::make_unique<ThreadPool>(opt_.threads);
   ref_backend_ = make_ref_backend();
+  text_prec_ = opt_.precision;
+  vision_prec_ = opt_.vision_precision ? *opt_.vision_precision
+                                       : (gemm_precision_probe().bf16_faster ? Precision::kBF16 : Precision::kF32);
   if (opt_.use_reference_backend) {
     exec_ = std::make_unique<Executor>(ref_backend_.get(), ref_backend_.get());
-  } else {
-    backend_ = make_cpu_backend(pool_.get(), opt_.precision);
-    exec_ = std::make_unique<Executor>(backend_.get(), ref_backend_.get());
+    vision_exec_ = std::make_unique<Executor>(ref_backend_.get(), ref_backend_.get());
+    return Status::Ok();
   }
+  backend_ = make_cpu_backend(pool_.get(), text_prec_);
+  exec_ = std::make_unique<Executor>(backend_.get(), ref_backend_.get());
+  Backend* vbe = backend_.get();
+  if (vision_prec_ != text_prec_) {
+    vision_backend_ = make_cpu_backend(pool_.get(), vision_prec_);
+    vbe = vision_backend_.get();
+  }
+  vision_exec_ = std::make_unique<Executor>(vbe, ref_backend_.get());
   return Status::Ok();
 }
 
@@ -182,7 +213,7 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
   TensorId emb = model_->build_vision(g, px, &vout);
   g.mark_output(emb);
   if (vision_out) g.mark_output(vout);
-  EV_ASSIGN_OR_RETURN(ExecResult r, exec_->run(g, exec));
+  EV_ASSIGN_OR_RETURN(ExecResult r, vision_exec_->run(g, exec));
   if (vision_out) *vision_out = r[vout];
   return r[emb];
 }

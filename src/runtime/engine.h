@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,11 +34,18 @@ using text::Tokenizer;
 
 struct EngineOptions {
   int threads = 0;                        // 0: all hardware threads
-  Precision precision = Precision::kBF16;
+  Precision precision = Precision::kBF16;  // the text model's Linear layers (decode streams half the bytes in bf16)
+  // The vision tower and connector (compute-bound GEMMs). Unset: the faster arithmetic of this CPU
+  // (gemm_precision_probe(): bf16 on AMD Zen 4, f32 on Intel Xeons without AMX).
+  std::optional<Precision> vision_precision;
   bool use_reference_backend = false;     // run everything on the plain reference kernels (debugging)
   // Benchmarks of random-weight models have no tokenizer / processor files: load the network alone.
   bool network_only = false;
 };
+
+// Parses a --precision value into `opt`: "f32" or "bf16" for every part, "auto" for bf16 text (f32 where the CPU
+// has no avx512_bf16) and the CPU's faster arithmetic for vision.
+Status parse_precision_option(const std::string& s, EngineOptions* opt);
 
 struct GenerateOptions {
   int max_new_tokens = 64;
@@ -107,7 +115,12 @@ class Engine {
   const PreprocessorConfig& preprocessor() const { return pre_; }
   const EngineOptions& options() const { return opt_; }
   ThreadPool& pool() { return *pool_; }
-  Executor& executor() { return *exec_; }
+  Executor& executor() { return *exec_; }            // text graphs
+  Executor& vision_executor() { return *vision_exec_; }  // vision tower + connector graphs
+  Precision text_precision() const { return text_prec_; }
+  Precision vision_precision() const { return vision_prec_; }
+  // "bf16" or "vision f32 + text bf16": for logs and reports.
+  std::string precision_label() const;
   double load_seconds() const { return load_s_; }
   const std::string& model_dir() const { return dir_; }
 
@@ -126,8 +139,9 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_;
   std::unique_ptr<ThreadPool> pool_;
-  std::unique_ptr<Backend> backend_, ref_backend_;
-  std::unique_ptr<Executor> exec_;
+  std::unique_ptr<Backend> backend_, vision_backend_, ref_backend_;
+  std::unique_ptr<Executor> exec_, vision_exec_;
+  Precision text_prec_ = Precision::kBF16, vision_prec_ = Precision::kBF16;
   std::vector<int32_t> stop_ids_;
   double load_s_ = 0;
 };

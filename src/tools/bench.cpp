@@ -112,7 +112,7 @@ void add_bench_options(CLI::App& app, BenchOptions& o) {
   app.add_option("--weights-dtype", o.weights_dtype, "on-disk dtype of the generated model: bf16, f32, f16");
   app.add_option("--keep-model", o.keep_model, "write the generated model into this directory and keep it");
   app.add_option("--seed", o.seed, "seed of the random weights, pixels and token ids");
-  app.add_option("--precision", o.precision, "compute precision: bf16 or f32");
+  app.add_option("--precision", o.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
   app.add_option("--threads", o.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--repeats", o.repeats, "timed runs per stage, after one warm-up")->check(CLI::Range(1, 100000));
   app.add_option("--load-repeats", o.load_repeats, "model loads to time")->check(CLI::Range(1, 1000));
@@ -129,9 +129,8 @@ void add_bench_options(CLI::App& app, BenchOptions& o) {
 
 Result<nlohmann::json> bench_json(const BenchOptions& o) {
   EV_RETURN_IF_ERROR(check_options(o));
-  Precision prec;
-  if (!precision_from_string(o.precision, &prec))
-    return InvalidArgument("--precision '" + o.precision + "' is not one of f32, bf16");
+  EngineOptions eo;
+  EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
   DType wdt;
   if (!dtype_from_string(o.weights_dtype, &wdt) || (wdt != DType::kF32 && wdt != DType::kBF16 && wdt != DType::kF16))
     return InvalidArgument("--weights-dtype '" + o.weights_dtype + "' is not one of bf16, f32, f16");
@@ -154,9 +153,7 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
   // Peak RSS from here on: the ceiling probe's buffer and the generator's tensors are not the model's cost.
   reset_peak_rss();
 
-  EngineOptions eo;
   eo.threads = o.threads;
-  eo.precision = prec;
   eo.network_only = true;
   std::unique_ptr<Engine> eng;
   std::vector<double> load_times;
@@ -172,6 +169,7 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
   const VlmModel& model = eng->model();
   const VlmConfig& cfg = eng->config();
   Executor& ex = eng->executor();
+  const Precision vprec = eng->vision_precision(), tprec = eng->text_precision();
 
   nlohmann::json j;
   j["tool"] = "bench";
@@ -188,15 +186,17 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
                 {"text", {{"hidden", cfg.text.hidden_size}, {"layers", cfg.text.num_hidden_layers},
                           {"vocab", cfg.text.vocab_size}, {"heads", cfg.text.num_attention_heads},
                           {"kv_heads", cfg.text.num_key_value_heads}}}};
-  j["precision"] = precision_name(prec);
+  j["precision"] = eng->precision_label();
+  j["vision_precision"] = precision_name(vprec);
+  j["text_precision"] = precision_name(tprec);
   j["threads"] = eng->pool().size();
   j["repeats"] = R;
   j["ceilings"] = to_json(ceil);
   j["load"] = to_json(summarize(load_times));
   nlohmann::json warnings = nlohmann::json::array();
 
-  const double prec_peak = prec == Precision::kBF16 ? ceil.bf16_gflops : ceil.f32_gflops;
-  const std::string peak_name = std::string(precision_name(prec)) + " peak";
+  auto peak_of = [&](Precision p) { return p == Precision::kBF16 ? ceil.bf16_gflops : ceil.f32_gflops; };
+  const double vpeak = peak_of(vprec), tpeak = peak_of(tprec);
 
   // 3. Vision: one tile, batch 1.
   if (stages.count("vision")) {
@@ -217,9 +217,9 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
     Graph g;
     model.build_vision(g, g.input("pixels", px));
     EV_RETURN_IF_ERROR(g.status());
-    const GraphCost cost = graph_cost(g, prec);
+    const GraphCost cost = graph_cost(g, vprec);
     sl.update("vision per-node timing ...");
-    EV_ASSIGN_OR_RETURN(NodeTimes nt, time_nodes(ex, g, R));
+    EV_ASSIGN_OR_RETURN(NodeTimes nt, time_nodes(eng->vision_executor(), g, R));
     double lin_s = 0, node_sum = 0;
     std::map<std::string, std::pair<double, double>> by_op;  // op -> (seconds, flops)
     for (size_t i = 0; i < g.nodes.size(); ++i) {
@@ -245,12 +245,13 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
     v["tiles_per_s"] = 1.0 / st.median;
     v["gflop"] = cost.flops * 1e-9;
     v["gflops"] = gflops;
-    v["peak_gflops"] = prec_peak;
-    v["fraction_of_peak"] = gflops / prec_peak;
+    v["precision"] = precision_name(vprec);
+    v["peak_gflops"] = vpeak;
+    v["fraction_of_peak"] = gflops / vpeak;
     v["linear"] = {{"gflop", cost.linear_flops * 1e-9},
                    {"seconds", lin_s},
                    {"gflops", lin_gflops},
-                   {"fraction_of_peak", lin_gflops / prec_peak}};
+                   {"fraction_of_peak", lin_gflops / vpeak}};
     v["node_time_sum_s"] = node_sum;
     v["by_op"] = ops;
     j["vision"] = v;
@@ -282,15 +283,16 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
     TensorId x = model.build_embed(g, g.input("ids", ids_t));
     model.build_decoder(g, x, P, cache, 1);
     EV_RETURN_IF_ERROR(g.status());
-    const GraphCost cost = graph_cost(g, prec);
+    const GraphCost cost = graph_cost(g, tprec);
     const double gflops = cost.flops / st.median * 1e-9;
     nlohmann::json p = to_json(st);
+    p["precision"] = precision_name(tprec);
     p["tokens"] = P;
     p["tokens_per_s"] = static_cast<double>(P) / st.median;
     p["gflop"] = cost.flops * 1e-9;
     p["gflops"] = gflops;
-    p["peak_gflops"] = prec_peak;
-    p["fraction_of_peak"] = gflops / prec_peak;
+    p["peak_gflops"] = tpeak;
+    p["fraction_of_peak"] = gflops / tpeak;
     j["prefill"] = p;
   }
 
@@ -331,9 +333,10 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
     model.build_decoder(g, x, 1, cache, 1);
     cache.clear();
     EV_RETURN_IF_ERROR(g.status());
-    const GraphCost cost = graph_cost(g, prec);
+    const GraphCost cost = graph_cost(g, tprec);
     const double gbs = cost.bytes / st.median * 1e-9;
     nlohmann::json d = to_json(st, "_s_per_token");
+    d["precision"] = precision_name(tprec);
     d["tokens"] = D;
     d["context_start"] = P;
     d["tokens_per_s"] = 1.0 / st.median;
@@ -369,8 +372,8 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
               {"met", lower_is_better ? value < goal : value >= goal}};
   };
   if (j.contains("vision")) {
-    if (is_256m && prec == Precision::kBF16)
-      target("vision_tile_s", "SmolVLM-256M tile (vision + connector), bf16, seconds", kTargetTileSeconds,
+    if (is_256m)
+      target("vision_tile_s", "SmolVLM-256M tile (vision + connector), seconds", kTargetTileSeconds,
              jnum(j, "vision", "median_s"), true);
     target("vision_gemm_fraction", "vision Linear nodes, fraction of the precision's peak", kTargetGemmFraction,
            jnum(j["vision"], "linear", "fraction_of_peak"), false);
@@ -397,7 +400,6 @@ std::string bench_table(const nlohmann::json& j) {
               c.value("mem_read_gbs", 0.0), c.value("threads", 0), c.value("isa", "").c_str());
     o += strf("cpu: %s\n\n", c.value("cpu", "").c_str());
 
-    const std::string peak = j.value("precision", "") + " peak";
     TextTable tt({"stage", "median", "min", "p90", "rate", "work", "achieved", "of ceiling"});
     if (j.contains("load")) {
       const auto& l = j["load"];
@@ -410,11 +412,11 @@ std::string bench_table(const nlohmann::json& j) {
                   fmt_seconds(v.value("min_s", 0.0)), fmt_seconds(v.value("p90_s", 0.0)),
                   strf("%.2f tile/s", v.value("tiles_per_s", 0.0)), strf("%.1f GFLOP", v.value("gflop", 0.0)),
                   strf("%.1f GFLOP/s", v.value("gflops", 0.0)),
-                  fmt_percent(v.value("fraction_of_peak", 0.0)) + " " + peak});
+                  fmt_percent(v.value("fraction_of_peak", 0.0)) + " " + v.value("precision", "") + " peak"});
       const auto& lin = v.at("linear");
       tt.add_row({"  vision GEMMs only (Linear)", fmt_seconds(lin.value("seconds", 0.0)), "", "", "",
                   strf("%.1f GFLOP", lin.value("gflop", 0.0)), strf("%.1f GFLOP/s", lin.value("gflops", 0.0)),
-                  fmt_percent(lin.value("fraction_of_peak", 0.0)) + " " + peak});
+                  fmt_percent(lin.value("fraction_of_peak", 0.0)) + " " + v.value("precision", "") + " peak"});
     }
     if (j.contains("prefill")) {
       const auto& p = j["prefill"];
@@ -422,7 +424,7 @@ std::string bench_table(const nlohmann::json& j) {
                   fmt_seconds(p.value("min_s", 0.0)), fmt_seconds(p.value("p90_s", 0.0)),
                   strf("%.0f tok/s", p.value("tokens_per_s", 0.0)), strf("%.1f GFLOP", p.value("gflop", 0.0)),
                   strf("%.1f GFLOP/s", p.value("gflops", 0.0)),
-                  fmt_percent(p.value("fraction_of_peak", 0.0)) + " " + peak});
+                  fmt_percent(p.value("fraction_of_peak", 0.0)) + " " + p.value("precision", "") + " peak"});
     }
     if (j.contains("decode")) {
       const auto& d = j["decode"];

@@ -39,7 +39,7 @@ struct BenchOptions {
   std::string weights_dtype = "bf16";   // on-disk dtype of a generated model: bf16, f32, f16
   std::string keep_model;               // write the generated model here and keep it (default: temp dir)
   uint64_t seed = 1;                    // random weights, pixels and token ids
-  std::string precision = "bf16";       // compute precision: bf16 or f32
+  std::string precision = "auto";       // compute precision: bf16 or f32
   int threads = 0;                      // 0: all hardware threads
   int repeats = 5;                      // timed runs per stage (after one warm-up)
   int load_repeats = 1;                 // Engine::load runs (each after freeing the previous engine)

@@ -131,6 +131,7 @@ Result<nlohmann::json> profile_graph(Executor& ex, const Graph& g, int runs, Pre
   const double wall = summarize(walls).median;
   return nlohmann::json{{"part", part},
                         {"description", description},
+                        {"precision", precision_name(prec)},
                         {"wall_s", wall},
                         {"node_sum_s", node_sum},
                         {"flops", total.flops},
@@ -164,7 +165,7 @@ void add_profile_options(CLI::App& app, ProfileOptions& o) {
   app.add_option("--weights-dtype", o.weights_dtype, "on-disk dtype of the generated model: bf16, f32, f16");
   app.add_option("--keep-model", o.keep_model, "write the generated model into this directory and keep it");
   app.add_option("--seed", o.seed, "seed of the random weights, pixels and token ids");
-  app.add_option("--precision", o.precision, "compute precision: bf16 or f32");
+  app.add_option("--precision", o.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
   app.add_option("--threads", o.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--part", o.part, "what to profile: vision, prefill, decode or all")
       ->check(CLI::IsMember({"vision", "prefill", "decode", "all"}));
@@ -181,9 +182,8 @@ void add_profile_options(CLI::App& app, ProfileOptions& o) {
 }
 
 Result<nlohmann::json> profile_json(const ProfileOptions& o) {
-  Precision prec;
-  if (!precision_from_string(o.precision, &prec))
-    return InvalidArgument("--precision '" + o.precision + "' is not one of f32, bf16");
+  EngineOptions eo;
+  EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
   DType wdt;
   if (!dtype_from_string(o.weights_dtype, &wdt) || (wdt != DType::kF32 && wdt != DType::kBF16 && wdt != DType::kF16))
     return InvalidArgument("--weights-dtype '" + o.weights_dtype + "' is not one of bf16, f32, f16");
@@ -205,9 +205,7 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
   if (o.model.empty()) sl.update("generating random %s model ...", o.shape.c_str());
   EV_ASSIGN_OR_RETURN(BenchModel bm, BenchModel::resolve(o.model, o.shape, o.seed, wdt, o.keep_model));
   sl.update("loading ...");
-  EngineOptions eo;
   eo.threads = o.threads;
-  eo.precision = prec;
   eo.network_only = true;
   auto loaded = Engine::load(bm.dir, eo);
   if (!loaded.ok()) return loaded.status().with_context("loading " + bm.label);
@@ -215,12 +213,13 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
   const VlmModel& model = eng->model();
   const VlmConfig& cfg = eng->config();
   Executor& ex = eng->executor();
+  const Precision vprec = eng->vision_precision(), prec = eng->text_precision();
 
   nlohmann::json j;
   j["tool"] = "profile";
   j["model"] = {{"label", bm.label}, {"shape", bm.shape}, {"architecture", model.architecture()},
                 {"weight_bytes", model.weight_bytes()}, {"load_s", eng->load_seconds()}};
-  j["precision"] = precision_name(prec);
+  j["precision"] = eng->precision_label();
   j["threads"] = eng->pool().size();
   j["repeats"] = o.repeats;
   j["ceilings"] = to_json(ceil);
@@ -234,7 +233,7 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
     g.mark_output(emb);
     EV_RETURN_IF_ERROR(g.status());
     EV_ASSIGN_OR_RETURN(nlohmann::json p,
-                        profile_graph(ex, g, o.repeats, prec, ceil, "vision",
+                        profile_graph(eng->vision_executor(), g, o.repeats, vprec, ceil, "vision",
                                       strf("1 tile %dx%d -> %d tokens (vision tower + connector)", S, S,
                                            model.tokens_per_tile()),
                                       sl));
@@ -296,7 +295,7 @@ std::string profile_table(const nlohmann::json& j, int top) {
                 "%s of the roofline\n\n",
                 fmt_seconds(num(p, "wall_s")).c_str(), fmt_seconds(num(p, "node_sum_s")).c_str(),
                 num(p, "flops") * 1e-9, fmt_bytes(num(p, "bytes")).c_str(), num(p, "gflops"),
-                fmt_percent(num(p, "fraction_of_peak")).c_str(), prec.c_str(),
+                fmt_percent(num(p, "fraction_of_peak")).c_str(), p.value("precision", prec).c_str(),
                 fmt_percent(num(p, "fraction_of_roofline")).c_str());
       TextTable ops({"op kind", "nodes", "time", "share", "GFLOP", "moved", "FLOP/B", "GFLOP/s", "GB/s", "roof GFLOP/s",
                      "of roofline"});
@@ -380,7 +379,7 @@ std::string profile_svg(const nlohmann::json& j) {
       }
       row.roof.title = strf("%s: roofline (%s)", p.value("part", "").c_str(), p.value("description", "").c_str());
       row.roof.bw_gbs = bw;
-      if (prec == "bf16") {
+      if (p.value("precision", prec) == "bf16") {
         row.roof.peak_gflops = bf16;
         row.roof.peak_label = "bf16 peak";
         row.roof.second_peak_gflops = f32;

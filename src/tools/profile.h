@@ -39,7 +39,7 @@ struct ProfileOptions {
   std::string weights_dtype = "bf16";   // on-disk dtype of a generated model
   std::string keep_model;               // write the generated model here and keep it
   uint64_t seed = 1;
-  std::string precision = "bf16";       // bf16 or f32
+  std::string precision = "auto";       // bf16 or f32
   int threads = 0;                      // 0: all hardware threads
   std::string part = "all";             // vision, prefill, decode or all
   int prefill_tokens = 256;             // prefill length, and the decode step's position

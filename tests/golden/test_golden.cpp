@@ -110,6 +110,7 @@ class GoldenTest : public ::testing::TestWithParam<ev::Precision> {
   std::unique_ptr<ev::Engine> engine(const std::string& model) {
     ev::EngineOptions o;
     o.precision = GetParam();
+    o.vision_precision = GetParam();
     o.threads = 2;
     auto e = ev::Engine::load(kFixtures + "/" + model, o);
     EXPECT_TRUE(e.ok()) << e.status().to_string();

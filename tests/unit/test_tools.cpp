@@ -11,6 +11,8 @@
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"
 #include "graph/graph.h"
+#include "kernels/cpu/ceilings.h"
+#include "kernels/cpu/cpu_features.h"
 #include "runtime/engine.h"
 #include "tools/bench.h"
 #include "tools/profile.h"
@@ -265,7 +267,13 @@ TEST(Bench, TinyJsonHasSaneNumbers) {
   for (const char* k : {"model", "precision", "ceilings", "load", "vision", "prefill", "decode", "memory", "targets"})
     EXPECT_TRUE(j.contains(k)) << k;
   EXPECT_EQ(j["model"]["label"], "random:tiny");
-  EXPECT_EQ(j["precision"], "bf16");
+  // auto: bf16 text; vision in whichever arithmetic this CPU runs faster.
+  const std::string vp = gemm_precision_probe().bf16_faster ? "bf16" : "f32";
+  const std::string tp = cpu_features().has_avx512_bf16() ? "bf16" : "f32";
+  EXPECT_EQ(j["text_precision"], tp);
+  EXPECT_EQ(j["vision_precision"], vp);
+  EXPECT_EQ(j["vision"]["precision"], vp);
+  EXPECT_EQ(j["precision"], vp == tp ? tp : "vision " + vp + " + text " + tp);
   EXPECT_GT(j["ceilings"]["f32_gflops"].get<double>(), 0);
   EXPECT_GT(j["ceilings"]["mem_read_gbs"].get<double>(), 0);
   EXPECT_GT(j["load"]["median_s"].get<double>(), 0);

@@ -41,6 +41,18 @@ struct MachineCeilings {
 MachineCeilings measure_ceilings(ThreadPool* pool, double seconds_budget = 1.0);
 
 nlohmann::json to_json(const MachineCeilings& c);
+
+// The faster of F32 FMA and BF16 dot-product arithmetic on this CPU, for compute-bound GEMMs (the vision tower).
+// Not the same everywhere: AMD Zen 4 runs vdpbf16ps at twice the F32 FLOP rate, while Intel Sapphire/Emerald
+// Rapids without AMX issue it on one port only and reach half the F32 rate (measured: 172 vs 347 GFLOP/s on 2
+// cores). Decided by a ~10 ms single-thread probe on first call (F32 and BF16 kernels interleaved, best of 3
+// each, so a busy neighbour slows both alike), then cached for the process. BF16 wins only when it is at least
+// 10% faster (its activation rounding costs accuracy). Without avx512_bf16: kF32.
+struct GemmPrecisionProbe {
+  double f32_gflops = 0, bf16_gflops = 0;  // single thread
+  bool bf16_faster = false;
+};
+const GemmPrecisionProbe& gemm_precision_probe();
 // "f32 234.1 GFLOP/s, bf16 466.0 GFLOP/s, int8 931.8 GOP/s, mem 30.2 GB/s (2 threads, avx512; AMD EPYC ...)"
 std::string to_string(const MachineCeilings& c);
 
