@@ -2,6 +2,7 @@
 //   edgevlm describe --model DIR --image FILE [--image FILE...] [--prompt TEXT] [--json]
 //   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--json]
 //   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--svg FILE] [--json]
+//   edgevlm eval     --model DIR (--spec FILE | --seed N --scenarios K) [--every M] [--print] [--json]
 //   edgevlm sim      (--spec FILE | --seed N [--scenarios K]) [--frames N] [--size WxH] [--out DIR] [--video FILE]
 #include <unistd.h>
 
@@ -16,6 +17,7 @@
 #include "runtime/engine.h"
 #include "tools/bench.h"
 #include "tools/profile.h"
+#include "tools/eval.h"
 #include "tools/sim_tool.h"
 
 namespace {
@@ -23,6 +25,19 @@ namespace {
 int fail(const ev::Status& s) {
   std::fprintf(stderr, "edgevlm: error: %s\n", s.to_string().c_str());
   return 1;
+}
+
+// {"classes": [...], "threshold": t, "images": [{"pedestrian": 0.93, ...}, ...]} or null without a fast head.
+nlohmann::json fast_head_json(const ev::Engine& e, const std::vector<std::vector<float>>& probs) {
+  const ev::FastHead* fh = e.fast_head();
+  if (!fh) return nullptr;
+  nlohmann::json imgs = nlohmann::json::array();
+  for (const auto& row : probs) {
+    nlohmann::json o = nlohmann::json::object();
+    for (size_t c = 0; c < row.size() && c < fh->config().classes.size(); ++c) o[fh->config().classes[c]] = row[c];
+    imgs.push_back(o);
+  }
+  return {{"classes", fh->config().classes}, {"threshold", fh->config().threshold}, {"images", imgs}};
 }
 
 struct DescribeArgs {
@@ -78,6 +93,7 @@ int run_describe(const DescribeArgs& a) {
         {"answer", r->text},
         {"tokens", r->tokens},
         {"stop_reason", s.stop_reason},
+        {"fast_head", fast_head_json(**engine, r->fast_head)},
         {"precision", (*engine)->precision_label()},
         {"timing",
          {{"load_s", (*engine)->load_seconds()},
@@ -129,6 +145,9 @@ int main(int argc, char** argv) {
   auto* profile = app.add_subcommand("profile", "per-op time, FLOPs, bytes and fraction of ceiling of one forward pass");
   ev::add_profile_options(*profile, p);
 
+  ev::EvalOptions ev_opts;
+  auto* evalc = app.add_subcommand("eval", "accuracy of a road-scene model against the simulator's ground truth");
+  ev::add_eval_options(*evalc, ev_opts);
   ev::SimOptions sim;
   auto* simc = app.add_subcommand("sim", "road-scene simulator: frames, video and exact ground truth");
   ev::add_sim_options(*simc, sim);
@@ -142,6 +161,10 @@ int main(int argc, char** argv) {
   }
   if (*profile) {
     ev::Status s = ev::run_profile(p);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*evalc) {
+    ev::Status s = ev::run_eval(ev_opts);
     return s.ok() ? 0 : fail(s);
   }
   if (*simc) {

@@ -25,6 +25,8 @@ const char* op_kind_name(OpKind k) {
     case OpKind::kRows: return "rows";
     case OpKind::kCopy: return "copy";
     case OpKind::kReshape: return "reshape";
+    case OpKind::kMeanRows: return "mean_rows";
+    case OpKind::kSigmoid: return "sigmoid";
     case OpKind::kCount: break;
   }
   return "?";
@@ -221,6 +223,17 @@ TensorId Graph::reshape(const std::string& name, TensorId x, Shape s) {
   return push(make(OpKind::kReshape, name, {x}, s));
 }
 
+TensorId Graph::mean_rows(const std::string& name, TensorId x) {
+  const Shape& s = shape(x);
+  if (s.ndim != 2 && s.ndim != 3) return fail(name + ": mean_rows needs [R, C] or [B, R, C], got " + s.to_string());
+  const int64_t B = s.ndim == 3 ? s[0] : 1;
+  return push(make(OpKind::kMeanRows, name, {x}, Shape{B, s.cols()}));
+}
+
+TensorId Graph::sigmoid(const std::string& name, TensorId x) {
+  return push(make(OpKind::kSigmoid, name, {x}, shape(x)));
+}
+
 double node_flops(const Graph& g, const Node& n) {
   const double out = static_cast<double>(n.out_shape.numel());
   switch (n.op) {
@@ -242,6 +255,8 @@ double node_flops(const Graph& g, const Node& n) {
     case OpKind::kRMSNorm: return 5.0 * out;
     case OpKind::kGeluTanh: return 12.0 * out;
     case OpKind::kSilu: return 6.0 * out;
+    case OpKind::kSigmoid: return 5.0 * out;
+    case OpKind::kMeanRows: return static_cast<double>(g.shape(n.inputs[0]).numel());
     case OpKind::kSwiGLU: return 7.0 * out;
     case OpKind::kRope: return 3.0 * out;
     case OpKind::kAdd:

@@ -59,6 +59,8 @@ enum class OpKind : uint8_t {
   kRows,
   kCopy,
   kReshape,  // view: shares the input's storage
+  kMeanRows,  // x [..., R, C] -> [..., C]: the mean over the rows of each matrix (token pooling)
+  kSigmoid,
   kCount
 };
 
@@ -131,6 +133,9 @@ struct Graph {
   TensorId copy_into(const std::string& name, TensorId x, const Tensor& dst);
   // Reinterpret shape (no data movement: implemented as a view by the executor).
   TensorId reshape(const std::string& name, TensorId x, Shape s);
+  // x [B, R, C] (or [R, C]) -> [B, C] ([1, C]): mean over the R rows of each batch element.
+  TensorId mean_rows(const std::string& name, TensorId x);
+  TensorId sigmoid(const std::string& name, TensorId x);
 
   void mark_output(TensorId id) { nodes[static_cast<size_t>(id)].keep = true; }
 

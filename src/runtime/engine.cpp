@@ -24,6 +24,11 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   EV_ASSIGN_OR_RETURN(e->cfg_, load_vlm_config(model_dir));
   EV_ASSIGN_OR_RETURN(e->store_, TensorStore::open_dir(model_dir));
   EV_ASSIGN_OR_RETURN(e->model_, create_vlm(e->cfg_, e->store_));
+  EV_ASSIGN_OR_RETURN(std::optional<FastHeadConfig> fh,
+                      parse_fast_head_config(e->cfg_.raw, model_dir + "/config.json"));
+  if (fh) {
+    EV_ASSIGN_OR_RETURN(e->fast_head_, FastHead::load(e->store_, *fh, e->cfg_.vision.hidden_size));
+  }
   EV_RETURN_IF_ERROR(e->init_backend());
   EV_RETURN_IF_ERROR(e->prepare_weights());
   if (opt.network_only) {
@@ -74,7 +79,9 @@ Status Engine::prepare_weights() {
   Backend* vbe = vision_exec_->backend();
   const int S = model_->tile_size();
   Graph gv;
-  model_->build_vision(gv, gv.input("pixels", Tensor::empty(DType::kF32, Shape{1, 3, S, S})));
+  TensorId vout = -1;
+  model_->build_vision(gv, gv.input("pixels", Tensor::empty(DType::kF32, Shape{1, 3, S, S})), &vout);
+  if (fast_head_) fast_head_->build(gv, vout);
   EV_RETURN_IF_ERROR(gv.status());
   EV_RETURN_IF_ERROR(vbe->prepare_weights(gv));
   Graph gt;
@@ -201,7 +208,8 @@ Result<Tensor> Engine::preprocess(const Image& img, int image_splitting, int* ro
   return p.pixels;
 }
 
-Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, const ExecOptions& exec) {
+Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, const ExecOptions& exec,
+                                    Tensor* hazards) {
   const int S = model_->tile_size();
   if (pixels.ndim() != 4 || pixels.dim(1) != 3 || pixels.dim(2) != S || pixels.dim(3) != S ||
       pixels.dtype() != DType::kF32)
@@ -213,8 +221,15 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
   TensorId emb = model_->build_vision(g, px, &vout);
   g.mark_output(emb);
   if (vision_out) g.mark_output(vout);
+  TensorId hz = -1;
+  if (hazards && fast_head_) {
+    hz = fast_head_->build(g, vout);
+    g.mark_output(hz);
+  }
+  EV_RETURN_IF_ERROR(g.status());
   EV_ASSIGN_OR_RETURN(ExecResult r, vision_exec_->run(g, exec));
   if (vision_out) *vision_out = r[vout];
+  if (hz >= 0) *hazards = r[hz];
   return r[emb];
 }
 
@@ -296,7 +311,17 @@ Result<GenerateResult> Engine::generate(const std::vector<Image>& images, const 
       std::memcpy(static_cast<char*>(all.data()) + off, p.pixels.data(), p.pixels.nbytes());
       off += p.pixels.nbytes();
     }
-    EV_ASSIGN_OR_RETURN(image_embeds, encode_tiles(all));
+    Tensor hz;
+    EV_ASSIGN_OR_RETURN(image_embeds, encode_tiles(all, nullptr, {}, fast_head_ ? &hz : nullptr));
+    if (hz.data()) {
+      const int C = fast_head_->num_classes();
+      int64_t tile = 0;
+      for (const auto& p : pre) {
+        tile += p.pixels.dim(0);
+        const float* row = hz.data_as<const float>() + (tile - 1) * C;
+        res.fast_head.emplace_back(row, row + C);
+      }
+    }
     res.stats.vision_s = now_s() - t;
     res.stats.n_tiles = static_cast<int>(n_tiles);
   }

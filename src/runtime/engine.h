@@ -20,6 +20,7 @@
 #include "formats/safetensors.h"
 #include "graph/backend.h"
 #include "graph/executor.h"
+#include "models/fast_head.h"
 #include "models/vlm.h"
 #include "perception/image.h"
 #include "text/chat_template.h"
@@ -70,6 +71,9 @@ struct GenerateStats {
 struct GenerateResult {
   std::string text;
   std::vector<int32_t> tokens;
+  // The fast head's probabilities (one row per image, classes of fast_head()->config()), when the model has one:
+  // from the image's last tile (its only tile without splitting, the global view with it).
+  std::vector<std::vector<float>> fast_head;
   GenerateStats stats;
 };
 
@@ -100,7 +104,11 @@ class Engine {
   Result<std::string> render_messages(const nlohmann::json& messages) const;
   Result<std::string> render_prompt(int n_images, const std::string& text) const;
   // pixels [n_tiles, 3, S, S] -> image embeddings [n_tiles, tokens_per_tile, text_hidden] (+ vision tower output).
-  Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {});
+  // With `hazards` and a fast head: its probabilities [n_tiles, C] from the same pass.
+  Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {},
+                              Tensor* hazards = nullptr);
+  // The model's fast head (config.json "edgevlm.fast_head"), or nullptr.
+  const FastHead* fast_head() const { return fast_head_ ? &*fast_head_ : nullptr; }
   // Runs the decoder on `ids` at the cache's current position, replacing the embeddings of image-token positions
   // with rows of `image_embeds` ([n, H], in order; may be undefined when ids hold no image token), and returns
   // logits of the last n_logits rows [n_logits, V]. Advances cache.size().
@@ -136,6 +144,7 @@ class Engine {
   TokenizerConfig tok_cfg_;
   TensorStore store_;
   std::unique_ptr<VlmModel> model_;
+  std::optional<FastHead> fast_head_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_;
   std::unique_ptr<ThreadPool> pool_;

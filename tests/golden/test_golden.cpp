@@ -23,10 +23,15 @@
 #include "formats/safetensors.h"
 #include "perception/image.h"
 #include "runtime/engine.h"
+#include "golden/golden_util.h"
 
 namespace fs = std::filesystem;
 
 namespace {
+
+using ev::golden::compare;
+using ev::golden::Diff;
+using ev::golden::ids_of;
 
 const std::string kFixtures = EDGEVLM_FIXTURE_DIR;
 
@@ -61,44 +66,6 @@ std::vector<Case> load_cases() {
     out.push_back(std::move(c));
   }
   return out;
-}
-
-ev::Tensor as_f32(const ev::Tensor& t) { return t.dtype() == ev::DType::kF32 ? t : t.to(ev::DType::kF32).value(); }
-
-struct Diff {
-  double rel = 0;     // max|a-b| / max|b|
-  double cosine = 0;
-};
-
-Diff compare(const ev::Tensor& got, const ev::Tensor& want) {
-  const ev::Tensor a = as_f32(got), b = as_f32(want);
-  EXPECT_EQ(a.numel(), b.numel()) << got.name() << " " << a.shape().to_string() << " vs " << b.shape().to_string();
-  Diff d;
-  if (a.numel() != b.numel()) {
-    d.rel = 1e9;
-    return d;
-  }
-  double maxdiff = 0, maxref = 0, dot = 0, na = 0, nb = 0;
-  const float* pa = a.data_as<float>();
-  const float* pb = b.data_as<float>();
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    maxdiff = std::max(maxdiff, std::fabs(double(pa[i]) - pb[i]));
-    maxref = std::max(maxref, std::fabs(double(pb[i])));
-    dot += double(pa[i]) * pb[i];
-    na += double(pa[i]) * pa[i];
-    nb += double(pb[i]) * pb[i];
-  }
-  d.rel = maxdiff / std::max(maxref, 1e-30);
-  d.cosine = dot / std::max(std::sqrt(na * nb), 1e-30);
-  return d;
-}
-
-std::vector<int32_t> ids_of(const ev::TensorStore& s, const char* name) {
-  ev::Tensor t = s.get(name).value();
-  std::vector<int32_t> ids;
-  for (int64_t i = 0; i < t.numel(); ++i)
-    ids.push_back(t.dtype() == ev::DType::kI64 ? static_cast<int32_t>(t.data_as<int64_t>()[i]) : t.data_as<int32_t>()[i]);
-  return ids;
 }
 
 class GoldenTest : public ::testing::TestWithParam<ev::Precision> {

@@ -171,6 +171,24 @@ TEST(RefOps, ActivationsKnownValues) {
   EXPECT_NEAR(ref::silu(-3.0f), -0.14227761953270035, 1e-7);
 }
 
+TEST(RefOps, SigmoidAndMeanRowsKnownValues) {
+  const float x[4] = {0.f, 2.f, -3.f, 40.f};
+  float y[4];
+  ref::sigmoid(x, 4, y);
+  EXPECT_FLOAT_EQ(y[0], 0.5f);
+  EXPECT_NEAR(y[1], 0.8807970779778823, 1e-7);
+  EXPECT_NEAR(y[2], 0.04742587317756678, 1e-8);
+  EXPECT_FLOAT_EQ(y[3], 1.f);
+  // [2, 3, 2]: per batch element the mean of 3 rows.
+  const float m[12] = {1, 2, 3, 4, 5, 6, -1, 0, -2, 0, -3, 9};
+  float o[4];
+  ref::mean_rows(m, 2, 3, 2, o);
+  EXPECT_FLOAT_EQ(o[0], 3.f);
+  EXPECT_FLOAT_EQ(o[1], 4.f);
+  EXPECT_FLOAT_EQ(o[2], -2.f);
+  EXPECT_FLOAT_EQ(o[3], 3.f);
+}
+
 TEST(RefOps, NormsKnownValues) {
   const float x[4] = {1, 2, 3, 4}, w[4] = {1, 1, 1, 2}, b[4] = {0, 0, 0.5f, 0};
   float y[4];

@@ -57,7 +57,10 @@ class CpuBackend final : public Backend {
   CpuBackend(ThreadPool* pool, Precision precision) : pool_(pool), precision_(precision) {}
 
   const char* name() const override { return precision_ == Precision::kBF16 ? "cpu-bf16" : "cpu-f32"; }
-  bool supports(const Node& n) const override { return n.op != OpKind::kInput && n.op != OpKind::kCount; }
+  // mean_rows and sigmoid only serve the fast head (a few thousand elements per frame): the reference runs them.
+  bool supports(const Node& n) const override {
+    return n.op != OpKind::kInput && n.op != OpKind::kCount && n.op != OpKind::kMeanRows && n.op != OpKind::kSigmoid;
+  }
 
   Status prepare_weights(const Graph& g) override {
     for (const Node& n : g.nodes) {

@@ -57,6 +57,15 @@ class RefBackend final : public Backend {
       case OpKind::kSilu:
         ref::silu(in[0]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
+      case OpKind::kSigmoid:
+        ref::sigmoid(in[0]->data_as<const float>(), in[0]->numel(), y);
+        return Status::Ok();
+      case OpKind::kMeanRows: {
+        const Shape& s = in[0]->shape();
+        const int64_t B = s.ndim == 3 ? s[0] : 1, R = s.ndim == 3 ? s[1] : s[0];
+        ref::mean_rows(in[0]->data_as<const float>(), B, R, s.cols(), y);
+        return Status::Ok();
+      }
       case OpKind::kSwiGLU:
         ref::swiglu(in[0]->data_as<const float>(), in[1]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();

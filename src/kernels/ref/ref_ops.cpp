@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 namespace ev::ref {
 
@@ -121,6 +122,7 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
     }
     case OpKind::kGeluTanh:
     case OpKind::kSilu:
+    case OpKind::kSigmoid:
     case OpKind::kCopy:
     case OpKind::kReshape: {
       EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
@@ -212,6 +214,15 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
       if (os.numel() != base.numel()) return mismatch(n, "output " + shp(out) + " for base" + shp(base));
       return Status::Ok();
     }
+    case OpKind::kMeanRows: {
+      EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
+      EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "x", false));
+      const Tensor& x = *in[0];
+      if ((x.ndim() != 2 && x.ndim() != 3) || x.shape().rows() == 0) return mismatch(n, "x" + shp(x));
+      const int64_t B = x.ndim() == 3 ? x.dim(0) : 1;
+      if (os != Shape{B, x.shape().cols()}) return mismatch(n, "output " + shp(out) + " for x" + shp(x));
+      return Status::Ok();
+    }
     case OpKind::kRows: {
       EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
       EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "x", false));
@@ -271,6 +282,20 @@ void rms_norm(const float* x, int64_t rows, int64_t C, const float* w, float eps
     for (int64_t c = 0; c < C; ++c) ss += static_cast<double>(xr[c]) * xr[c];
     const double inv = 1.0 / std::sqrt(ss / static_cast<double>(C) + static_cast<double>(eps));
     for (int64_t c = 0; c < C; ++c) y[r * C + c] = static_cast<float>(static_cast<double>(w[c]) * (xr[c] * inv));
+  }
+}
+
+void sigmoid(const float* x, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; ++i) y[i] = static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(x[i]))));
+}
+
+void mean_rows(const float* x, int64_t B, int64_t R, int64_t C, float* y) {
+  std::vector<double> acc(static_cast<size_t>(C));
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < C; ++c) acc[static_cast<size_t>(c)] += x[(b * R + r) * C + c];
+    for (int64_t c = 0; c < C; ++c) y[b * C + c] = static_cast<float>(acc[static_cast<size_t>(c)] / static_cast<double>(R));
   }
 }
 

@@ -55,6 +55,10 @@ void rms_norm(const float* x, int64_t rows, int64_t C, const float* w, float eps
 
 // gelu_pytorch_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 float gelu_tanh(float x);
+// 1 / (1 + e^-x)
+void sigmoid(const float* x, int64_t n, float* y);
+// y[b, c] = mean over r of x[b, r, c]  (x [B, R, C], y [B, C]); double accumulation.
+void mean_rows(const float* x, int64_t B, int64_t R, int64_t C, float* y);
 void gelu_tanh(const float* x, int64_t n, float* y);
 // SiLU: x * sigmoid(x).
 float silu(float x);

@@ -1,0 +1,257 @@
+#include "tools/eval.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <fstream>
+#include <map>
+
+#include "core/clock.h"
+#include "perception/image.h"
+#include "runtime/engine.h"
+#include "sim/simulator.h"
+#include "tools/report.h"
+
+namespace ev {
+
+namespace {
+
+struct Counts {
+  int64_t tp = 0, fp = 0, fn = 0, positives = 0;
+};
+
+Image to_image(const sim::Frame& f) {
+  Image img;
+  img.width = f.width;
+  img.height = f.height;
+  img.channels = 3;
+  img.rgb = f.rgb;
+  return img;
+}
+
+std::string describe_prompt(const Engine& e) {
+  const nlohmann::json& raw = e.config().raw;
+  if (raw.contains("edgevlm") && raw["edgevlm"].is_object() && raw["edgevlm"].contains("task")) {
+    const auto& t = raw["edgevlm"]["task"];
+    if (t.is_object() && t.contains("describe_prompt") && t["describe_prompt"].is_string())
+      return t["describe_prompt"].get<std::string>();
+  }
+  return "Describe the scene.";
+}
+
+Status check(const EvalOptions& o) {
+  if (o.model.empty()) return InvalidArgument("--model is required");
+  if (o.specs.empty() && (o.scenarios < 1 || o.scenarios > 100000))
+    return InvalidArgument("--scenarios must be in [1, 100000]");
+  if (o.frames == 0 || o.frames < -1 || o.frames > 10000000) return InvalidArgument("--frames must be in [1, 10^7]");
+  if (o.every < 1 || o.every > 1000000) return InvalidArgument("--every must be in [1, 10^6]");
+  if (o.max_tokens < 1 || o.max_tokens > 4096) return InvalidArgument("--max-tokens must be in [1, 4096]");
+  if (o.threads < 0 || o.threads > 1024) return InvalidArgument("--threads must be in [0, 1024]");
+  return Status::Ok();
+}
+
+}  // namespace
+
+void add_eval_options(CLI::App& app, EvalOptions& o) {
+  app.add_option("--model", o.model, "model directory (Hugging Face layout) of a road-scene model")->required();
+  app.add_option("--spec", o.specs, "scenario spec file (repeatable)");
+  app.add_option("--seed", o.seed, "first seed of random scenarios (default: the held-out range 1000000..)");
+  app.add_option("--scenarios", o.scenarios, "random scenarios to run (with --seed)");
+  app.add_option("--frames", o.frames, "frames per scenario (default: the spec's length; random: 150)");
+  app.add_option("--every", o.every, "evaluate every M-th frame");
+  app.add_option("--max-tokens", o.max_tokens, "maximum tokens of a description");
+  app.add_option("--precision", o.precision, "compute precision: auto, f32 or bf16");
+  app.add_option("--threads", o.threads, "threads (0: all)");
+  app.add_flag("--print", o.print, "print the model's description of every evaluated frame as the scene unfolds");
+  app.add_flag("--json", o.json, "print the JSON result instead of the table");
+  app.add_option("--out", o.out, "also write the JSON result to this file");
+  app.add_flag_callback("--no-progress", [&o] { o.progress = false; }, "no status line on stderr");
+}
+
+Result<nlohmann::json> eval_json(const EvalOptions& o) {
+  EV_RETURN_IF_ERROR(check(o));
+  EngineOptions eo;
+  eo.threads = o.threads;
+  EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
+  EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::load(o.model, eo));
+  const int S = eng->model().tile_size();
+  const std::string prompt = describe_prompt(*eng);
+
+  // Scenario specs at the model's tile size.
+  std::vector<sim::ScenarioSpec> specs;
+  for (const auto& path : o.specs) {
+    EV_ASSIGN_OR_RETURN(sim::ScenarioSpec s, sim::load_scenario_spec(path));
+    specs.push_back(std::move(s));
+  }
+  if (o.specs.empty()) {
+    sim::RandomScenarioOptions ro;
+    ro.width = ro.height = S;
+    if (o.frames > 0) ro.frames = o.frames;
+    for (int i = 0; i < o.scenarios; ++i) specs.push_back(sim::random_scenario(o.seed + static_cast<uint64_t>(i), ro));
+  }
+  for (auto& s : specs) {
+    s.width = s.height = S;
+    if (o.frames > 0) s.frames = o.frames;
+  }
+
+  // Fast-head classes -> sim hazard bits, by name.
+  const FastHead* fh = eng->fast_head();
+  std::vector<int> class_bit;
+  if (fh)
+    for (const auto& c : fh->config().classes) {
+      int bit = -1;
+      for (size_t k = 0; k < sim::kHazardNames.size(); ++k)
+        if (c == sim::kHazardNames[k]) bit = static_cast<int>(k);
+      class_bit.push_back(bit);
+    }
+
+  std::map<std::string, int64_t> field_ok;
+  for (const char* f : sim::kDescriptionFields) field_ok[f] = 0;
+  std::vector<Counts> hz(class_bit.size());
+  int64_t n = 0, exact = 0, unparsed = 0;
+  double t_model = 0;
+  int64_t total_frames = 0;
+  for (const auto& s : specs) total_frames += (s.frames + o.every - 1) / o.every;
+  StatusLine sl("eval", o.progress && !o.print);
+  const double t0 = now_s();
+  nlohmann::json per_scenario = nlohmann::json::array();
+  GenerateOptions g;
+  g.max_new_tokens = o.max_tokens;
+  g.image_splitting = 0;
+  for (size_t si = 0; si < specs.size(); ++si) {
+    EV_ASSIGN_OR_RETURN(sim::Simulator simu, sim::Simulator::create(specs[si]));
+    sim::Frame f;
+    sim::FrameTruth truth;
+    int64_t sn = 0, sexact = 0;
+    if (o.print) std::printf("== scenario %zu (seed %llu, %lld frames)\n", si, static_cast<unsigned long long>(specs[si].seed),
+                             static_cast<long long>(specs[si].frames));
+    for (int64_t fi = 0; fi < specs[si].frames; fi += o.every) {
+      if (fi > 0) simu.skip(o.every - 1);
+      if (!simu.next(&f, &truth)) break;
+      const double ts = now_s();
+      EV_ASSIGN_OR_RETURN(GenerateResult r, eng->describe({to_image(f)}, prompt, g));
+      t_model += now_s() - ts;
+      const std::map<std::string, std::string> want = sim::description_fields(truth.state);
+      auto got = sim::parse_description(r.text);
+      bool all = got.ok();
+      if (!got.ok()) ++unparsed;
+      for (const char* fld : sim::kDescriptionFields) {
+        const bool ok = got.ok() && got->count(fld) && got->at(fld) == want.at(fld);
+        field_ok[fld] += ok;
+        all = all && ok;
+      }
+      exact += all;
+      sexact += all;
+      ++n;
+      ++sn;
+      if (fh && !r.fast_head.empty()) {
+        for (size_t c = 0; c < class_bit.size(); ++c) {
+          if (class_bit[c] < 0) continue;
+          const bool truth_on = (truth.hazards >> class_bit[c]) & 1u;
+          const bool pred = r.fast_head[0][c] >= fh->config().threshold;
+          hz[c].positives += truth_on;
+          hz[c].tp += pred && truth_on;
+          hz[c].fp += pred && !truth_on;
+          hz[c].fn += !pred && truth_on;
+        }
+      }
+      if (o.print) {
+        std::string text = r.text;
+        while (!text.empty() && text.front() == ' ') text.erase(text.begin());
+        std::printf("frame %4lld  %s %s\n", static_cast<long long>(truth.frame), all ? "ok  " : "MISS", text.c_str());
+        if (!all) std::printf("            truth %s\n", truth.description.c_str());
+        for (const auto& ev : truth.events)
+          std::printf("            event %s %s\n", ev.type.c_str(), ev.actor.c_str());
+        std::fflush(stdout);
+      }
+      const double el = now_s() - t0;
+      sl.update("scenario %zu/%zu, frame %lld/%lld, %.1f frames/s, exact %.1f%%", si + 1, specs.size(),
+                static_cast<long long>(n), static_cast<long long>(total_frames), n / std::max(el, 1e-9),
+                100.0 * exact / std::max<int64_t>(n, 1));
+    }
+    per_scenario.push_back({{"seed", specs[si].seed}, {"frames", sn}, {"exact_match", sn ? double(sexact) / sn : 0.0}});
+  }
+  sl.done();
+  if (n == 0) return InvalidArgument("no frame was evaluated");
+
+  nlohmann::json j;
+  j["tool"] = "eval";
+  j["model"] = o.model;
+  j["precision"] = eng->precision_label();
+  j["prompt"] = prompt;
+  j["frames"] = n;
+  j["scenarios"] = per_scenario;
+  nlohmann::json pf = nlohmann::json::object();
+  double mean = 0;
+  for (const char* fld : sim::kDescriptionFields) {
+    pf[fld] = double(field_ok[fld]) / n;
+    mean += double(field_ok[fld]) / n;
+  }
+  j["per_field"] = pf;
+  j["field_order"] = sim::kDescriptionFields;
+  j["mean_field_accuracy"] = mean / static_cast<double>(sim::kDescriptionFields.size());
+  j["exact_match"] = double(exact) / n;
+  j["unparsed"] = unparsed;
+  if (fh) {
+    nlohmann::json fj = nlohmann::json::object();
+    for (size_t c = 0; c < class_bit.size(); ++c) {
+      const Counts& k = hz[c];
+      fj[fh->config().classes[c]] = {
+          {"recall", k.tp + k.fn ? double(k.tp) / double(k.tp + k.fn) : 1.0},
+          {"precision", k.tp + k.fp ? double(k.tp) / double(k.tp + k.fp) : 1.0},
+          {"positives", k.positives},
+          {"known", class_bit[c] >= 0}};
+    }
+    j["fast_head"] = fj;
+    j["fast_head_classes"] = fh->config().classes;
+    j["fast_head_threshold"] = fh->config().threshold;
+  }
+  j["model_seconds_per_frame"] = t_model / n;
+  j["wall_s"] = now_s() - t0;
+  return j;
+}
+
+std::string eval_table(const nlohmann::json& j) {
+  std::string o = strf("edgevlm eval: %s (%s), %lld frames of %zu scenarios, prompt \"%s\"\n\n",
+                       j.value("model", "").c_str(), j.value("precision", "").c_str(),
+                       static_cast<long long>(j.value("frames", 0)), j.at("scenarios").size(),
+                       j.value("prompt", "").c_str());
+  TextTable t({"field", "accuracy"});
+  for (const auto& f : j.at("field_order")) {
+    const std::string k = f.get<std::string>();
+    t.add_row({k, fmt_percent(j.at("per_field").value(k, 0.0))});
+  }
+  t.add_separator();
+  t.add_row({"mean of fields", fmt_percent(j.value("mean_field_accuracy", 0.0))});
+  t.add_row({"exact match", fmt_percent(j.value("exact_match", 0.0))});
+  o += t.render();
+  if (j.contains("fast_head")) {
+    o += strf("\nfast head (threshold %.2f):\n", j.value("fast_head_threshold", 0.5));
+    TextTable h({"hazard", "positives", "recall", "precision"});
+    for (const auto& cls : j.at("fast_head_classes")) {
+      const std::string name = cls.get<std::string>();
+      const auto& v = j.at("fast_head").at(name);
+      h.add_row({name, strf("%lld", static_cast<long long>(v.value("positives", 0))), fmt_percent(v.value("recall", 0.0)),
+                 fmt_percent(v.value("precision", 0.0))});
+    }
+    o += h.render();
+  }
+  o += strf("\nmodel time %s per frame (vision + fast head + description); %lld unparsable answers\n",
+            fmt_seconds(j.value("model_seconds_per_frame", 0.0)).c_str(), static_cast<long long>(j.value("unparsed", 0)));
+  return o;
+}
+
+Status run_eval(const EvalOptions& o) {
+  EV_ASSIGN_OR_RETURN(nlohmann::json j, eval_json(o));
+  if (!o.out.empty()) {
+    std::ofstream f(o.out);
+    if (!f) return IoError("cannot write " + o.out);
+    f << j.dump(2) << "\n";
+  }
+  if (o.json)
+    std::printf("%s\n", j.dump(2).c_str());
+  else
+    std::printf("%s", eval_table(j).c_str());
+  return Status::Ok();
+}
+
+}  // namespace ev

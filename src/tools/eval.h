@@ -1,0 +1,55 @@
+// edgevlm eval: scenario accuracy of a road-scene model against the simulator's exact ground truth.
+//
+//   edgevlm eval --model DIR (--spec FILE [--spec FILE...] | --seed N [--scenarios K]) [--frames N] [--every M]
+//                [--max-tokens N] [--precision auto|f32|bf16] [--threads N] [--print] [--json] [--out FILE]
+//
+// Each scenario runs through the simulator at the model's tile size (so that the model sees frames as it was
+// trained on them); every M-th frame goes through the C++ runtime: vision tower + fast head + connector, then
+// greedy generation of the description for the prompt in config.json's "edgevlm.task.describe_prompt" (default
+// "Describe the scene."). The answer is parsed with sim::parse_description and compared field by field with the
+// truth (sim::description_fields); the fast head's probabilities, thresholded at its configured threshold, are
+// compared with the truth's hazard bits.
+//
+// Reported: per-field accuracy, their mean, exact match of all fields, hazard recall and precision per class of
+// the fast head, frames evaluated, and the time per frame. --print shows the model's description for every
+// evaluated frame as the scene unfolds (with the truth beside it where they differ).
+// Random seeds used for evaluation should be held out from training (train/roadvlm.py trains on seeds 1..K and
+// evaluates on 1000000..).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/status.h"
+
+namespace CLI {
+class App;
+}
+
+namespace ev {
+
+struct EvalOptions {
+  std::string model;
+  std::vector<std::string> specs;
+  uint64_t seed = 1000000;  // the toolchain's held-out range
+  int scenarios = 5;
+  int64_t frames = -1;      // per scenario; -1: the spec's length (random scenarios: 150)
+  int every = 10;           // evaluate every M-th frame
+  int max_tokens = 64;
+  std::string precision = "auto";
+  int threads = 0;
+  bool print = false;
+  bool json = false;
+  std::string out;
+  bool progress = true;
+};
+
+void add_eval_options(CLI::App& app, EvalOptions& o);
+Result<nlohmann::json> eval_json(const EvalOptions& o);
+std::string eval_table(const nlohmann::json& j);
+Status run_eval(const EvalOptions& o);
+
+}  // namespace ev
