@@ -329,8 +329,8 @@ def target_logits(logits, labels):
     return logits[:, :-1][sel]
 
 
-def train_phase(name, model, data, seqs, hazards, args, budget_s, teacher=None, teacher_data=None,
-                teacher_seqs=None, ckpt=None):
+def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=None, teacher_data=None,
+                teacher_seqs=None, ckpt=None, fixed_steps=0):
     """Trains `model` for `budget_s` seconds of wall time (or args.steps steps). With a teacher: + KL on the
     teacher's next-token distributions (temperature args.kd_temp) and + feature distillation of the visual
     tokens (student connector output, projected, vs the teacher's pooled to the student's grid)."""
@@ -343,7 +343,9 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, teacher=None, 
         s_h = model.vlm.config.text_config.hidden_size
         proj = nn.Linear(s_h, t_h).to(device)
     params = list(model.parameters()) + (list(proj.parameters()) if proj is not None else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05, betas=(0.9, 0.98))
+    total_steps = fixed_steps or args.steps
+    skipped = 0
     ddp_model = model
     if WORLD > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
@@ -361,12 +363,20 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, teacher=None, 
     n = data.shape[0]
     bs = args.batch
     warm = 100
-    est_steps = args.steps or 0
+    est_steps = total_steps or 0
     hist = []
-    t_last = time.time()
+    t_last = t_saved = time.time()
+
+    def save():
+        if ckpt is not None and RANK == 0:
+            tmp = ckpt.with_suffix(".tmp")
+            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - start,
+                            proj=proj.state_dict() if proj is not None else None), tmp)
+            tmp.replace(ckpt)  # atomic: a command cut off mid-save leaves the previous checkpoint
+
     while True:
         elapsed = time.time() - start
-        done = (args.steps and step >= args.steps) or (not args.steps and elapsed >= budget_s)
+        done = (total_steps and step >= total_steps) or (not total_steps and elapsed >= budget_s)
         if WORLD > 1:
             flag = torch.tensor([1.0 if done else 0.0], device=device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
@@ -374,13 +384,13 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, teacher=None, 
         if done:
             break
         # LR: warm-up, then cosine over the (estimated) total.
-        if not args.steps:
+        if not total_steps:
             rate = step / max(elapsed, 1e-3)
             est_steps = max(step + 1, int(rate * budget_s))
         frac = min(1.0, step / max(est_steps, 1))
-        lr = args.lr * min(1.0, (step + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        cur_lr = lr * min(1.0, (step + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = cur_lr
         fi = torch.randint(0, n, (bs,), device=device, generator=gen)
         ci = seqs.pick(fi, gen)
         ids, lab, att = seqs.ids[ci], seqs.labels[ci], seqs.attn[ci]
@@ -410,24 +420,30 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, teacher=None, 
                     args.feat_beta * loss_feat
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if not bool(torch.isfinite(norm)) or not bool(torch.isfinite(loss)):
+            # A non-finite loss or gradient must not reach the weights (bf16 overflow in a rare batch).
+            skipped += 1
+            opt.zero_grad(set_to_none=True)
+        else:
+            opt.step()
         step += 1
         if step % 50 == 0:
             hist.append(dict(step=step, loss=loss.item(), lm=loss_lm.item(), fast=loss_fast.item(),
-                             kd=loss_kd.item(), feat=loss_feat.item(), lr=lr, elapsed=time.time() - start))
+                             kd=loss_kd.item(), feat=loss_feat.item(), lr=cur_lr, skipped=skipped, elapsed=time.time() - start))
+        if time.time() - t_saved > args.ckpt_every_s:
+            save()
+            t_saved = time.time()
         if time.time() - t_last > 20 or step == 1:
             t_last = time.time()
             log(f"{name}: step {step}/{est_steps} loss {loss.item():.4f} (lm {loss_lm.item():.4f} fast "
-                f"{loss_fast.item():.4f} kd {loss_kd.item():.4f} feat {loss_feat.item():.4f}) lr {lr:.2e} "
+                f"{loss_fast.item():.4f} kd {loss_kd.item():.4f} feat {loss_feat.item():.4f}) lr {cur_lr:.2e} skipped {skipped} "
                 f"{time.time() - start:.0f}/{budget_s:.0f} s")
     elapsed = time.time() - start
-    if ckpt is not None and RANK == 0:
-        torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, elapsed=elapsed,
-                        proj=proj.state_dict() if proj is not None else None), ckpt)
+    save()
     log(f"{name}: {step} steps in {elapsed:.0f} s ({step * bs * WORLD / max(elapsed, 1e-3):.0f} samples/s)")
     model.eval()
-    return dict(steps=step, seconds=elapsed, batch=bs, world=WORLD, history=hist)
+    return dict(steps=step, seconds=elapsed, batch=bs, world=WORLD, lr=lr, skipped=skipped, history=hist)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,7 +641,8 @@ def model_card(results, args, presets):
              f"{r['teacher']['vision_gflops']:.1f} GFLOP per frame (vision)",
              "- student: " + json.dumps(presets["student"]) + f", {r['student']['params'] / 1e6:.1f} M parameters, "
              f"{r['student']['vision_gflops']:.2f} GFLOP per frame (vision)",
-             f"- training: AdamW lr {args.lr}, batch {args.batch}, bf16 autocast, {QA_FRACTION:.0%} QA samples; "
+             f"- training: AdamW lr {args.lr_teacher} (teacher) / {args.lr} (students), warm-up 100 steps, cosine "
+             f"decay, batch {args.batch}, bf16 autocast, {QA_FRACTION:.0%} QA samples; "
              f"the fast head trained jointly (BCE, weight 0.5); distillation: KL at temperature {args.kd_temp} "
              f"(weight {args.kd_alpha}) + {1 - args.kd_alpha} CE + feature distillation of the visual tokens "
              f"(weight {args.feat_beta}; student connector output projected to the teacher's width vs the teacher's "
@@ -702,17 +719,21 @@ def recipe(args):
 
     # 3. Teacher.
     results["teacher"]["train"] = train_phase("teacher", models["teacher"], data["teacher"], seqs["teacher"],
-                                              hazards["teacher"], args, args.teacher_s, ckpt=work / "teacher.pt")
+                                              hazards["teacher"], args, args.teacher_s, args.lr_teacher,
+                                              ckpt=work / "teacher.pt")
     # 4. Student distilled from the teacher; 5. the same student without the teacher.
     results["student"]["train"] = train_phase("student", models["student"], data["student"], seqs["student"],
-                                              hazards["student"], args, args.student_s, teacher=models["teacher"],
+                                              hazards["student"], args, args.student_s, args.lr,
+                                              teacher=models["teacher"],
                                               teacher_data=data["teacher"], teacher_seqs=seqs["teacher"],
                                               ckpt=work / "student.pt")
     torch.manual_seed(args.seed + 1)  # the same initialisation as the student
     base = RoadVLM(make_config(presets["student"], vocab, ids)).to(device)
     results["baseline"] = dict(params=count_params(base), vision_gflops=vision_gflops(presets["student"]))
+    # The baseline gets exactly the student's steps (same samples seen), not its wall time.
     results["baseline"]["train"] = train_phase("baseline", base, data["student"], seqs["student"], hazards["student"],
-                                               args, args.student_s, ckpt=work / "baseline.pt")
+                                               args, args.student_s, args.lr, ckpt=work / "baseline.pt",
+                                               fixed_steps=results["student"]["train"]["steps"])
     if RANK != 0:
         return
     # 6. Held-out evaluation.
@@ -744,21 +765,23 @@ def main():
     r.add_argument("--out", required=True, help="exported models, golden tensors, results.json")
     r.add_argument("--smoke", action="store_true", help="tiny shapes and data, a few steps: checks the whole path")
     r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--scenarios", type=int, default=1200)
+    r.add_argument("--scenarios", type=int, default=900)
     r.add_argument("--frames", type=int, default=150, help="frames simulated per scenario")
     r.add_argument("--every", type=int, default=3, help="keep every Nth frame")
     r.add_argument("--eval-seed", type=int, default=1_000_000)
     r.add_argument("--eval-scenarios", type=int, default=100)
     r.add_argument("--vocab", type=int, default=700)
     r.add_argument("--batch", type=int, default=128)
-    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the student and the baseline")
+    r.add_argument("--lr-teacher", type=float, default=4e-4)
     r.add_argument("--steps", type=int, default=0, help="fixed steps per phase (0: the time budgets below)")
     r.add_argument("--teacher-s", type=float, default=200)
-    r.add_argument("--student-s", type=float, default=110)
+    r.add_argument("--student-s", type=float, default=100)
     r.add_argument("--kd-temp", type=float, default=2.0)
     r.add_argument("--kd-alpha", type=float, default=0.5)
     r.add_argument("--feat-beta", type=float, default=1.0)
     r.add_argument("--export-baseline", action="store_true")
+    r.add_argument("--ckpt-every-s", type=float, default=60, help="checkpoint interval within a phase")
     args = ap.parse_args()
     if args.cmd == "recipe":
         if args.smoke:

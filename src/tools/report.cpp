@@ -253,6 +253,8 @@ const char* op_color(OpKind k) {
     case OpKind::kScatterRows: return "#86bcb6";
     case OpKind::kRows: return "#d37295";
     case OpKind::kCopy: return "#ff9d9a";
+    case OpKind::kMeanRows: return "#a0cbe8";
+    case OpKind::kSigmoid: return "#ffbe7d";
     default: return "#79706e";
   }
 }

@@ -176,7 +176,10 @@ TEST(Gemm, EveryPathIsExactOnIntegers) {
   std::vector<Path> paths;
   {
     GemmOptions o;
+    o.min_parallel_macs = 0;  // these shapes are small: keep every path on the pool's threads
     paths.push_back({"default", o});
+    GemmOptions inline_small;
+    paths.push_back({"default-inline-small", inline_small});
     o.gemv_max_m = 0;
     paths.push_back({"no-gemv", o});
     o.split = GemmSplit::kRows;
@@ -215,6 +218,7 @@ TEST(Gemm, NoPathFallsBackToOneDnnReference) {
       GemmOptions o;
       o.split = split;
       o.gemv_max_m = 0;
+      o.min_parallel_macs = 0;
       set_gemm_options(o);
       gemm_clear_cache();
       auto pl = pack_linear(w, nullptr, prec);

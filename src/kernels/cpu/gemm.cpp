@@ -522,6 +522,11 @@ Status linear_forward(const PackedLinear& pl, const float* x, int64_t M, float* 
   if (M == 0) return Status::Ok();
   if (!x || !y) return InvalidArgument("linear_forward: null input or output");
   const GemmOptions opt = gemm_options();
+  // Small products run on the calling thread: handing ~10 us of work to a second thread costs about as much as it
+  // saves, and far more when the machine is oversubscribed and that thread is not running.
+  if (opt.min_parallel_macs > 0 && static_cast<double>(M) * static_cast<double>(pl.N) * static_cast<double>(pl.K) <
+                                       static_cast<double>(opt.min_parallel_macs))
+    pool = nullptr;
   if (M <= opt.gemv_max_m && pl.gemv_ok()) return run_gemv(pl, x, M, y, pool);
   if (opt.threading == GemmThreading::kOneDnnOmp) return run_omp(pl, x, M, y, pool);
   return run_slices(pl, x, M, y, pool, opt.split);

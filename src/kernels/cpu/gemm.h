@@ -88,6 +88,9 @@ struct GemmOptions {
   GemmThreading threading = GemmThreading::kPoolSlices;
   GemmSplit split = GemmSplit::kAuto;  // kPoolSlices only
   int gemv_max_m = 4;                  // own AVX-512 GEMV for 1 <= M <= gemv_max_m (0 disables it)
+  // Products of fewer multiply-adds (M*N*K) run single-threaded (0: always use the pool). 2^17 = e.g. a 256x512
+  // decode GEMV: ~10 us on one core.
+  int64_t min_parallel_macs = 1 << 17;
 };
 void set_gemm_options(const GemmOptions& o);
 GemmOptions gemm_options();
