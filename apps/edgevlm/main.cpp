@@ -2,6 +2,7 @@
 //   edgevlm describe --model DIR --image FILE [--image FILE...] [--prompt TEXT] [--json]
 //   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--json]
 //   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--svg FILE] [--json]
+//   edgevlm stream   --model DIR --input SRC [--language-hz N] [--realtime] [--events FILE] [--print] [--json]
 //   edgevlm eval     --model DIR (--spec FILE | --seed N --scenarios K) [--every M] [--print] [--json]
 //   edgevlm sim      (--spec FILE | --seed N [--scenarios K]) [--frames N] [--size WxH] [--out DIR] [--video FILE]
 #include <unistd.h>
@@ -19,6 +20,7 @@
 #include "tools/profile.h"
 #include "tools/eval.h"
 #include "tools/sim_tool.h"
+#include "tools/stream_tool.h"
 
 namespace {
 
@@ -145,6 +147,9 @@ int main(int argc, char** argv) {
   auto* profile = app.add_subcommand("profile", "per-op time, FLOPs, bytes and fraction of ceiling of one forward pass");
   ev::add_profile_options(*profile, p);
 
+  ev::StreamToolOptions st_opts;
+  auto* streamc = app.add_subcommand("stream", "live perception on a video stream: dual-rate vision + language");
+  ev::add_stream_options(*streamc, st_opts);
   ev::EvalOptions ev_opts;
   auto* evalc = app.add_subcommand("eval", "accuracy of a road-scene model against the simulator's ground truth");
   ev::add_eval_options(*evalc, ev_opts);
@@ -161,6 +166,10 @@ int main(int argc, char** argv) {
   }
   if (*profile) {
     ev::Status s = ev::run_profile(p);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*streamc) {
+    ev::Status s = ev::run_stream(st_opts);
     return s.ok() ? 0 : fail(s);
   }
   if (*evalc) {

@@ -121,10 +121,15 @@ Status Engine::init_backend() {
     vision_exec_ = std::make_unique<Executor>(ref_backend_.get(), ref_backend_.get());
     return Status::Ok();
   }
-  backend_ = make_cpu_backend(pool_.get(), text_prec_);
+  ThreadPool* tpool = pool_.get();
+  if (opt_.text_threads > 0) {
+    text_pool_ = std::make_unique<ThreadPool>(opt_.text_threads);
+    tpool = text_pool_.get();
+  }
+  backend_ = make_cpu_backend(tpool, text_prec_);
   exec_ = std::make_unique<Executor>(backend_.get(), ref_backend_.get());
   Backend* vbe = backend_.get();
-  if (vision_prec_ != text_prec_) {
+  if (vision_prec_ != text_prec_ || tpool != pool_.get()) {
     vision_backend_ = make_cpu_backend(pool_.get(), vision_prec_);
     vbe = vision_backend_.get();
   }
@@ -278,53 +283,68 @@ Result<GenerateResult> Engine::describe(const std::vector<Image>& images, const 
   return generate(images, messages, gen, stream);
 }
 
-Result<GenerateResult> Engine::generate(const std::vector<Image>& images, const nlohmann::json& messages,
-                                        const GenerateOptions& gen, const StreamCallback& stream) {
-  GenerateResult res;
-  if (gen.max_new_tokens < 0 || gen.max_new_tokens > 1 << 20)
-    return InvalidArgument("max_new_tokens " + std::to_string(gen.max_new_tokens) + " is out of range");
+Result<EncodedImages> Engine::encode_images(const std::vector<Image>& images, int image_splitting,
+                                            Tensor* vision_out) {
+  EncodedImages enc;
   double t = now_s();
-  EV_ASSIGN_OR_RETURN(std::string text, render_messages(messages));
-
   // Tiles of all images, in order, as one batch.
   std::vector<PreprocessedImage> pre;
   int64_t n_tiles = 0;
   for (size_t i = 0; i < images.size(); ++i) {
     PreprocessedImage p;
-    auto px = preprocess(images[i], gen.image_splitting, &p.rows, &p.cols);
+    auto px = preprocess(images[i], image_splitting, &p.rows, &p.cols);
     if (!px.ok()) return px.status().with_context("image " + std::to_string(i));
     p.pixels = std::move(px).value();
     n_tiles += p.pixels.dim(0);
+    enc.layouts.push_back({p.rows, p.cols});
     pre.push_back(std::move(p));
   }
-  EV_ASSIGN_OR_RETURN(std::string expanded, expand_image_tokens(text, pre, model_->tokens_per_tile()));
-  std::vector<int32_t> ids = tokenizer_->encode(expanded, /*add_special_tokens=*/true);
-  res.stats.preprocess_s = now_s() - t;
-
-  Tensor image_embeds;
-  if (n_tiles > 0) {
-    t = now_s();
-    const int S = model_->tile_size();
-    Tensor all = Tensor::empty(DType::kF32, Shape{n_tiles, 3, S, S});
-    size_t off = 0;
-    for (const auto& p : pre) {
-      std::memcpy(static_cast<char*>(all.data()) + off, p.pixels.data(), p.pixels.nbytes());
-      off += p.pixels.nbytes();
-    }
-    Tensor hz;
-    EV_ASSIGN_OR_RETURN(image_embeds, encode_tiles(all, nullptr, {}, fast_head_ ? &hz : nullptr));
-    if (hz.data()) {
-      const int C = fast_head_->num_classes();
-      int64_t tile = 0;
-      for (const auto& p : pre) {
-        tile += p.pixels.dim(0);
-        const float* row = hz.data_as<const float>() + (tile - 1) * C;
-        res.fast_head.emplace_back(row, row + C);
-      }
-    }
-    res.stats.vision_s = now_s() - t;
-    res.stats.n_tiles = static_cast<int>(n_tiles);
+  enc.preprocess_s = now_s() - t;
+  if (n_tiles == 0) return enc;
+  t = now_s();
+  const int S = model_->tile_size();
+  Tensor all = Tensor::empty(DType::kF32, Shape{n_tiles, 3, S, S});
+  size_t off = 0;
+  for (const auto& p : pre) {
+    std::memcpy(static_cast<char*>(all.data()) + off, p.pixels.data(), p.pixels.nbytes());
+    off += p.pixels.nbytes();
   }
+  Tensor hz;
+  EV_ASSIGN_OR_RETURN(enc.embeds, encode_tiles(all, vision_out, {}, fast_head_ ? &hz : nullptr));
+  if (hz.data()) {
+    const int C = fast_head_->num_classes();
+    int64_t tile = 0;
+    for (const auto& p : pre) {
+      tile += p.pixels.dim(0);
+      const float* row = hz.data_as<const float>() + (tile - 1) * C;
+      enc.fast_head.emplace_back(row, row + C);
+    }
+  }
+  enc.vision_s = now_s() - t;
+  enc.n_tiles = static_cast<int>(n_tiles);
+  return enc;
+}
+
+Result<GenerateResult> Engine::generate(const std::vector<Image>& images, const nlohmann::json& messages,
+                                        const GenerateOptions& gen, const StreamCallback& stream) {
+  EV_ASSIGN_OR_RETURN(EncodedImages enc, encode_images(images, gen.image_splitting));
+  return generate_encoded(enc, messages, gen, stream);
+}
+
+Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const nlohmann::json& messages,
+                                                const GenerateOptions& gen, const StreamCallback& stream) {
+  GenerateResult res;
+  if (gen.max_new_tokens < 0 || gen.max_new_tokens > 1 << 20)
+    return InvalidArgument("max_new_tokens " + std::to_string(gen.max_new_tokens) + " is out of range");
+  double t = now_s();
+  EV_ASSIGN_OR_RETURN(std::string text, render_messages(messages));
+  EV_ASSIGN_OR_RETURN(std::string expanded, expand_image_tokens(text, enc.layouts, model_->tokens_per_tile()));
+  std::vector<int32_t> ids = tokenizer_->encode(expanded, /*add_special_tokens=*/true);
+  res.stats.preprocess_s = enc.preprocess_s + (now_s() - t);
+  res.stats.vision_s = enc.vision_s;
+  res.stats.n_tiles = enc.n_tiles;
+  res.fast_head = enc.fast_head;
+  const Tensor& image_embeds = enc.embeds;
 
   t = now_s();
   KvCache cache = model_->make_cache(static_cast<int64_t>(ids.size()) + gen.max_new_tokens + 1);

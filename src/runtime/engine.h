@@ -23,6 +23,7 @@
 #include "models/fast_head.h"
 #include "models/vlm.h"
 #include "perception/image.h"
+#include "perception/vlm_preprocess.h"
 #include "text/chat_template.h"
 #include "text/sampling.h"
 #include "text/tokenizer.h"
@@ -40,6 +41,9 @@ struct EngineOptions {
   // (gemm_precision_probe(): bf16 on AMD Zen 4, f32 on Intel Xeons without AMX).
   std::optional<Precision> vision_precision;
   bool use_reference_backend = false;     // run everything on the plain reference kernels (debugging)
+  // > 0: the text model gets a thread pool of its own with this many threads (the vision side keeps `threads`), so
+  // that a vision stage and a language stage can run at the same time without sharing a pool.
+  int text_threads = 0;
   // Benchmarks of random-weight models have no tokenizer / processor files: load the network alone.
   bool network_only = false;
 };
@@ -77,6 +81,16 @@ struct GenerateResult {
   GenerateStats stats;
 };
 
+// Images through preprocessing, the vision tower, the fast head and the connector: what the text model needs
+// (the vision stage of a stream produces these at camera rate; the language stage consumes the newest).
+struct EncodedImages {
+  std::vector<ImageLayout> layouts;   // per image: tile rows / cols (0, 0 when not split)
+  Tensor embeds;                      // [n_tiles, tokens_per_tile, text_hidden]; undefined without images
+  std::vector<std::vector<float>> fast_head;  // per image, as GenerateResult::fast_head
+  int n_tiles = 0;
+  double preprocess_s = 0, vision_s = 0;
+};
+
 // Streaming: called with each newly decoded piece of text; return false to stop generation.
 using StreamCallback = std::function<bool(const std::string& piece)>;
 
@@ -95,6 +109,14 @@ class Engine {
   // in order, and their count must match.
   Result<GenerateResult> generate(const std::vector<Image>& images, const nlohmann::json& messages,
                                   const GenerateOptions& gen, const StreamCallback& stream = nullptr);
+
+  // The two halves of generate(): the vision side (optionally also the vision tower's output
+  // [n_tiles, P, Hv]) and the text side. They run on different executors and may run concurrently on two threads
+  // (with EngineOptions::text_threads > 0 they also use different thread pools).
+  Result<EncodedImages> encode_images(const std::vector<Image>& images, int image_splitting,
+                                      Tensor* vision_out = nullptr);
+  Result<GenerateResult> generate_encoded(const EncodedImages& enc, const nlohmann::json& messages,
+                                          const GenerateOptions& gen, const StreamCallback& stream = nullptr);
 
   // Building blocks (tests, benchmarks, profiling).
   // One user turn: `text` may place the images with "<image>" markers (one per image, as llama.cpp's media
@@ -147,7 +169,7 @@ class Engine {
   std::optional<FastHead> fast_head_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_;
-  std::unique_ptr<ThreadPool> pool_;
+  std::unique_ptr<ThreadPool> pool_, text_pool_;
   std::unique_ptr<Backend> backend_, vision_backend_, ref_backend_;
   std::unique_ptr<Executor> exec_, vision_exec_;
   Precision text_prec_ = Precision::kBF16, vision_prec_ = Precision::kBF16;

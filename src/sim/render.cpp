@@ -241,7 +241,7 @@ struct Renderer::Impl {
       case kSidewalk: return scale(C3{165, 162, 155}, wk);
       case kKerb: return scale(C3{200, 198, 190}, wk);
       case kAsphalt: return scale(C3{96, 96, 100}, wk);
-      case kAsphaltDark: return scale(C3{84, 84, 88}, wk);
+      case kAsphaltDark: return scale(C3{89, 89, 93}, wk);
       case kShoulder: return scale(C3{108, 106, 104}, wk);
       case kWhite: return scale(C3{235, 235, 232}, wet ? 0.85f : 1.f);
       case kYellow: return scale(C3{230, 180, 30}, wet ? 0.85f : 1.f);
@@ -305,7 +305,7 @@ struct Renderer::Impl {
       }
     }
     // Sky gradient.
-    C3 top, hor;
+    C3 top{88, 138, 208}, hor{186, 210, 234};
     const bool city_glow = urban;
     switch (atm.lighting) {
       case Lighting::kDay:
@@ -528,7 +528,7 @@ struct Renderer::Impl {
       const int64_t band = static_cast<int64_t>(std::floor(s_world / 3.0));
       fill(le, re, kAsphalt);
       for (int ln = -lay.oncoming; ln < lay.lanes; ++ln) {
-        if (mix64(seed ^ 0xA5F, static_cast<uint64_t>(band * 8 + ln + 4)) % 5 == 0)
+        if (mix64(seed ^ 0xA5F, static_cast<uint64_t>(band * 8 + ln + 4)) % 7 == 0)
           fill(ln * lay.lane_width + 0.5, (ln + 1) * lay.lane_width - 0.5, kAsphaltDark);
       }
       // Resolve.
@@ -609,7 +609,7 @@ struct Renderer::Impl {
           cv.span_px_blend(y, Canvas::pix(xd(0.3)), Canvas::pix(xd(re - 0.3)), la[kWhite], a);
         }
         if (l.crosswalk) {
-          const double cz = cover(l.s - 5.0, l.s - 2.0);
+          const double cz = cover(l.s - kZebraFrom, l.s - kZebraTo);
           if (cz > 0.05) {
             const int a = static_cast<int>(std::min(1.0, cz * 1.5) * 230);
             for (double d = le + 0.3; d + 0.5 <= re; d += 1.0) {
@@ -713,6 +713,7 @@ struct Renderer::Impl {
       for (int c = 0; c < 3; ++c) {
         const double a = s0 + kBucket * (0.12 + 0.31 * c), b2 = a + 1.3;
         if (!wall_quad(a, b2, D, y, y + 1.5, xs, ys)) continue;
+        if (std::abs(xs[1] - xs[0]) < 1.2) continue;  // edge-on and distant: windows would alias into stripes
         const bool lit = night ? r.chance(0.35) : false;
         const Px px = lit ? emit({255, 204, 120}, zc) : shade({48, 58, 72}, std::max(kNear, zc), 0, y);
         cv.poly(xs, ys, 4, px);
@@ -792,7 +793,7 @@ struct Renderer::Impl {
         oct(r * 0.88);
         cv.poly(xs, ys, 8, red);
         // "STOP": 3x5 glyphs when the face is large enough, else a white bar suggesting the word.
-        if (2 * r >= 18) {
+        if (r * 1.3 / 15.0 >= 0.9) {
           const double cell = r * 1.3 / 15.0;
           const double gx0 = cx - 7.5 * cell, gy0 = cy - 2.5 * cell;
           for (int L = 0; L < 4; ++L)
@@ -802,7 +803,11 @@ struct Renderer::Impl {
                   cv.rect(gx0 + (L * 4 + col) * cell, gy0 + row * cell, gx0 + (L * 4 + col + 1) * cell,
                           gy0 + (row + 1) * cell, white);
         } else {
-          cv.rect(cx - 0.55 * r, cy - 0.16 * r, cx + 0.55 * r, cy + 0.16 * r, white);
+          // Too small for glyphs: four letter blocks with gaps (never one solid bar, which is "no entry").
+          for (int L = 0; L < 4; ++L) {
+            const double a = cx - 0.62 * r + L * 0.34 * r;
+            cv.rect(a, cy - 0.2 * r, a + 0.22 * r, cy + 0.2 * r, white);
+          }
         }
         break;
       }

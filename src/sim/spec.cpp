@@ -1,11 +1,13 @@
 #include "sim/spec.h"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 #include <set>
 #include <sstream>
 
 #include "sim/sim_math.h"
+#include "sim/world.h"
 
 namespace ev::sim {
 
@@ -109,11 +111,19 @@ class Fields {
   void integer(const char* key, I* out, int64_t lo, int64_t hi) {
     const json* v = get(key);
     if (!v) return;
-    if (!v->is_number_integer() && !(v->is_number_float() && v->get<double>() == static_cast<double>(static_cast<int64_t>(v->get<double>()))))
+    int64_t d = 0;
+    if (v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+      d = INT64_MAX;
+    } else if (v->is_number_integer()) {
+      d = v->get<int64_t>();
+    } else if (v->is_number_float()) {
+      const double x = v->get<double>();
+      // 3.0 is accepted as 3; anything not integral (or beyond int64) is not.
+      if (!(std::abs(x) < 9e18) || x != std::floor(x)) return fail(at(key), "must be an integer");
+      d = static_cast<int64_t>(x);
+    } else {
       return fail(at(key), "must be an integer");
-    const int64_t d = v->is_number_unsigned() && v->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)
-                          ? INT64_MAX
-                          : (v->is_number_integer() ? v->get<int64_t>() : static_cast<int64_t>(v->get<double>()));
+    }
     if (d < lo || d > hi)
       return fail(at(key), "must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " + std::to_string(d));
     *out = static_cast<I>(d);
@@ -373,7 +383,8 @@ Status parse_light(Fields& f, TrafficLightSpec* l) {
     g.num("red", &l->cycle_red, 0, 600);
     g.num("offset", &l->cycle_offset, -1e6, 1e6);
     EV_RETURN_IF_ERROR(g.finish());
-    if (l->cycle_green + l->cycle_yellow + l->cycle_red <= 0) return InvalidArgument(cp + ": the phases sum to 0 s");
+    if (l->cycle_green + l->cycle_yellow + l->cycle_red < 0.1)
+      return InvalidArgument(cp + ": the phases must sum to at least 0.1 s");
     return Status::Ok();
   });
   EV_RETURN_IF_ERROR(f.finish());
@@ -619,10 +630,11 @@ json scenario_spec_to_json(const ScenarioSpec& s) {
 
 namespace {
 
-template <typename T>
-T pick(Rng& r, std::initializer_list<T> items) {
-  const int i = r.below(static_cast<int>(items.size()));
-  return *(items.begin() + i);
+// "v" + number (built by append: GCC 12 warns falsely (-Wrestrict) on const char* + std::string here).
+std::string make_id(const char* prefix, int n) {
+  std::string s(prefix);
+  s += std::to_string(n);
+  return s;
 }
 
 double round_to(double v, double q) { return static_cast<double>(static_cast<int64_t>(v / q + (v >= 0 ? 0.5 : -0.5))) * q; }
@@ -632,7 +644,8 @@ double round_to(double v, double q) { return static_cast<double>(static_cast<int
 ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   Rng r(mix64(seed, 0x5CE7A410ull));
   ScenarioSpec s;
-  s.name = "random-" + std::to_string(seed);
+  s.name = "random-";
+  s.name += std::to_string(seed);
   s.seed = seed;
   s.frames = o.frames;
   s.fps = o.fps;
@@ -648,7 +661,7 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   RoadSpec& road = s.road;
   road.type = u < 0.5 ? RoadType::kUrban : (u < 0.78 ? RoadType::kHighway : RoadType::kRural);
   if (road.type == RoadType::kUrban) {
-    road.lanes = 1 + r.below(2);
+    road.lanes = 1 + r.below(3);
     road.oncoming_lanes = r.chance(0.8) ? 1 : 0;
   } else if (road.type == RoadType::kHighway) {
     road.lanes = 2 + r.below(3);
@@ -695,8 +708,6 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   }
 
   auto colour = [&] { return static_cast<Colour>(r.below(kNumColours)); };
-  auto lane_center_free = [&](int lane) { return lane; };
-  (void)lane_center_free;
   int vid = 0, pid = 0;
 
   // Construction first: it decides which lane must stay clear of traffic.
@@ -736,7 +747,7 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   };
   if (r.chance(0.75)) {
     VehicleSpec v;
-    v.id = "v" + std::to_string(vid++);
+    v.id = make_id("v", vid++);
     v.type = vehicle_type(urban || road.type == RoadType::kRural);
     v.colour = colour();
     v.lane = ego.lane;
@@ -764,7 +775,7 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
     int from = ego.lane == 0 ? 1 : (ego.lane == road.lanes - 1 ? ego.lane - 1 : ego.lane + (r.chance(0.5) ? 1 : -1));
     if (lane_ok(from)) {
       VehicleSpec v;
-      v.id = "v" + std::to_string(vid++);
+      v.id = make_id("v", vid++);
       v.type = vehicle_type(false);
       v.colour = colour();
       v.lane = from;
@@ -783,7 +794,7 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   const int nbg = road.type == RoadType::kHighway ? 2 + r.below(5) : r.below(4);
   for (int i = 0; i < nbg; ++i) {
     VehicleSpec v;
-    v.id = "v" + std::to_string(vid++);
+    v.id = make_id("v", vid++);
     v.colour = colour();
     const bool onc = road.oncoming_lanes > 0 && r.chance(0.45);
     v.oncoming = onc;
@@ -821,17 +832,17 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   }
 
   // Traffic light (urban mostly, rural sometimes), with a random cycle or a scripted change.
-  const double light_p = urban ? 0.8 : (road.type == RoadType::kRural ? 0.35 : 0.0);
+  const double light_p = urban ? 0.9 : (road.type == RoadType::kRural ? 0.5 : 0.0);
   double light_s = -1;
   if (r.chance(light_p)) {
     TrafficLightSpec l;
     l.id = "tl0";
-    light_s = round_to(r.uniform(20, 45) + r.uniform(0, 0.6) * travel, 1);
+    light_s = round_to(r.uniform(16, 34) + r.uniform(0, 0.5) * travel, 1);
     l.s = light_s;
     l.mount = r.chance(0.6) ? LightMount::kOverhead : (r.chance(0.8) ? LightMount::kRight : LightMount::kLeft);
     l.crosswalk = urban ? r.chance(0.85) : r.chance(0.3);
     const double v = r.uniform();
-    LightState first = v < 0.3 ? LightState::kGreen : (v < 0.6 ? LightState::kRed : (v < 0.8 ? LightState::kYellow : LightState::kOff));
+    LightState first = v < 0.27 ? LightState::kGreen : (v < 0.54 ? LightState::kRed : (v < 0.75 ? LightState::kYellow : LightState::kOff));
     l.timeline.push_back({0.0, first});
     if (first != LightState::kOff && r.chance(0.7)) {
       double t = round_to(r.uniform(0.15, 0.6) * duration, 0.1);
@@ -850,15 +861,16 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   }
 
   // Signs: speed limits (all values), stop, yield, no entry.
-  const int nsigns = r.chance(0.75) ? 1 + (r.chance(0.3) ? 1 : 0) : 0;
+  // Spread along the stretch the car covers, so that each one passes through view.
+  const int nsigns = r.chance(0.9) ? 1 + r.below(3) : 0;
   for (int i = 0; i < nsigns; ++i) {
     SignSpec g;
-    g.id = "sg" + std::to_string(i);
+    g.id = make_id("sg", i);
     const double t = r.uniform();
     g.type = t < 0.5 ? SignType::kSpeed : (t < 0.67 ? SignType::kStop : (t < 0.84 ? SignType::kYield : SignType::kNoEntry));
     g.value = g.type == SignType::kSpeed ? 30 + 10 * r.below(10) : 0;
     g.side = (road.oncoming_lanes == 0 && r.chance(0.2)) ? Side::kLeft : Side::kRight;
-    g.s = round_to(r.uniform(18, 40) + r.uniform(0, 0.7) * travel + 35 * i, 1);
+    g.s = round_to(r.uniform(16, 24) + (travel * 0.9) * (i + r.uniform(0.0, 1.0)) / nsigns, 1);
     if (light_s > 0 && std::abs(g.s - light_s) < 8) g.s += 15;
     s.signs.push_back(g);
   }
@@ -867,16 +879,16 @@ ScenarioSpec random_scenario(uint64_t seed, const RandomScenarioOptions& o) {
   const int nped = urban ? 1 + r.below(4) : (road.type == RoadType::kRural ? r.below(2) : 0);
   for (int i = 0; i < nped; ++i) {
     PedSpec p;
-    p.id = "p" + std::to_string(pid++);
+    p.id = make_id("p", pid++);
     p.cls = r.chance(0.35) ? PedClass::kChild : PedClass::kAdult;
     p.side = r.chance(0.5) ? Side::kLeft : Side::kRight;
     p.shirt = colour();
     p.offset = round_to(r.uniform(0.3, 2.2), 0.1);
-    const bool cross = (i == 0 && r.chance(0.7)) || r.chance(0.15);
+    const bool cross = (i == 0 && r.chance(0.8)) || r.chance(0.25);
     if (cross) {
       const double tc = round_to(r.uniform(0.0, 0.6) * duration, 0.1);
       p.s = round_to(ego.speed * tc * 0.8 + r.uniform(12, 32), 0.5);
-      if (light_s > 0 && r.chance(0.5)) p.s = light_s - 3.5;
+      if (light_s > 0 && r.chance(0.5)) p.s = light_s - 0.5 * (kZebraFrom + kZebraTo);
       p.offset = round_to(r.uniform(0.2, 1.0), 0.1);
       PedAction a;
       a.kind = PedAction::kCross;

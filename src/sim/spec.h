@@ -134,7 +134,7 @@ struct LightPhase {
 
 struct TrafficLightSpec {
   std::string id;
-  double s = 50;  // position of the signal; the stop line is 6 m before it, a zebra crossing 5..2 m before it
+  double s = 50;  // position of the signal; the stop line is 12 m before it, a zebra crossing 11..8 m before it
   LightMount mount = LightMount::kOverhead;
   bool crosswalk = true;
   // Either a timeline of states (the state at t is the last phase with phase.t <= t; before the first, the first)

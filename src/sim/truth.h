@@ -30,8 +30,9 @@ constexpr double kLightRange = 60, kLightMinHeight = 0.045;  // housing height
 constexpr double kSignRange = 50, kSignMinHeight = 0.054;    // sign face height
 constexpr double kLeadRange = 60, kLeadMinHeight = 0.036;    // vehicle box height
 constexpr double kPedRange = 40, kPedMinHeight = 0.045;      // person height
-constexpr double kConstructionRange = 60, kConstructionMinHeight = 0.02;  // tallest visible element
-constexpr double kMinInFrame = 0.6;     // fraction of an object's box that must lie inside the frame
+constexpr double kConstructionRange = 60, kConstructionMinHeight = 0.03;  // per element; >= 2 cones or 1 other
+constexpr double kMinInFrame = 0.6;     // fraction of an object's box that must lie inside the frame, or:
+constexpr double kMinInFrameLarge = 0.25, kLargePart = 0.08;  // 25% if the part inside is >= 8% of H wide and tall
 constexpr double kMaxOccluded = 0.5;    // fraction of the box that nearer vehicles may cover
 constexpr double kMinContrast = 0.35;   // illumination x (1 - fog) below which an object counts as not seen
 // Hazard ranges (metres ahead).

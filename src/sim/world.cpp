@@ -114,7 +114,7 @@ Atmosphere Atmosphere::make(const ScenarioSpec& s) {
   switch (a.lighting) {
     case Lighting::kDay: a.ambient = 1.0; a.headlights = 0.0; break;
     case Lighting::kDusk: a.ambient = 0.62; a.headlights = 0.3; break;
-    case Lighting::kNight: a.ambient = urban ? 0.40 : 0.16; a.headlights = 0.95; break;
+    case Lighting::kNight: a.ambient = urban ? 0.40 : 0.16; a.headlights = 0.8; break;
   }
   const float fog_day[3] = {204, 208, 214}, fog_dusk[3] = {178, 150, 140}, fog_night[3] = {30, 32, 40};
   const float* fc = a.lighting == Lighting::kDay ? fog_day : (a.lighting == Lighting::kDusk ? fog_dusk : fog_night);
@@ -314,7 +314,9 @@ namespace {
 
 // IDM acceleration towards cruise speed v0 with an obstacle at `gap` moving at `ov`.
 double idm(double v, double v0, double gap, double ov, double amax, double b) {
-  const double vr = v0 > 0.1 ? v / v0 : (v > 0.05 ? 2.0 : 0.0);
+  // Cruise speed ~0 (parked, or told to stop): brake to a standstill and stay there.
+  if (v0 < 0.1) return v > 0.05 ? -std::min(b, 2.0 * v + 0.5) : 0.0;
+  const double vr = v / v0;
   double a = amax * (1.0 - vr * vr * vr * vr);
   if (gap < 1e8) {
     const double s0 = 2.5, T = 1.3;
@@ -347,8 +349,10 @@ void World::step_ego(double t, double dt) {
   const auto& tl = spec_->ego.timeline;
   while (e.next_action < tl.size() && tl[e.next_action].t <= t + 1e-9) {
     const auto& a = tl[e.next_action++];
-    if (a.kind == EgoAction::kSpeed) e.cruise = a.value;
-    else if (a.kind == EgoAction::kBrake) {
+    if (a.kind == EgoAction::kSpeed) {
+      e.cruise = a.value;
+      e.brake_until = -1;
+    } else if (a.kind == EgoAction::kBrake) {
       e.brake_decel = a.value;
       e.brake_until = a.duration > 0 ? t + a.duration : kInf;
     } else if (a.lane != e.target_lane) {
@@ -423,7 +427,7 @@ void World::step_vehicle(VehicleState& v, double t, double dt) {
     v.a = idm(v.v, v.cruise, gap, ov, amax, 3.0);
   }
   if (v.v <= 0 && v.a < 0) v.a = 0;
-  update_brake_lights(&v.braking, v.a, v.v, gap, scripted && (v.v > 0 || v.brake_until == kInf));
+  update_brake_lights(&v.braking, v.a, v.v, gap, scripted);  // a scripted brake lights the lamps even at a standstill
 }
 
 void World::step_ped(PedState& p, double t, double dt) {
@@ -635,7 +639,12 @@ void World::compute_state(SceneState* st) const {
   auto finish = [&](ObjectTruth& o, double min_h) {
     o.in_frame = in_frame_fraction(o.box, W, H);
     o.occluded = occlusion(o.box, o.distance, occ, W, H);
-    o.visible = o.distance > kNear && o.in_frame >= kMinInFrame && o.occluded <= kMaxOccluded &&
+    // Mostly inside the frame, or a large part of a big near object (a car alongside, cut off by the border).
+    const double cw = std::min<double>(W, o.box.x1) - std::max(0.0, o.box.x0);
+    const double ch = std::min<double>(H, o.box.y1) - std::max(0.0, o.box.y0);
+    const bool framed = o.in_frame >= kMinInFrame ||
+                        (o.in_frame >= kMinInFrameLarge && cw >= kLargePart * H && ch >= kLargePart * H);
+    o.visible = o.distance > kNear && framed && o.occluded <= kMaxOccluded &&
                 o.contrast >= kMinContrast && o.box.h() >= min_h * H;
   };
   const double ego_lane_center = lay_.lane_center(ego_.lane);
@@ -789,6 +798,7 @@ void World::compute_state(SceneState* st) const {
     o.s = zs.s;
     o.d = zs.side == Side::kRight ? lay_.right_edge() : lay_.left_edge();
     bool any = false, in_range = false;
+    int count = 0;  // visible elements (a cone counts 1, anything else 2)
     double nearest = kInf;
     for (const auto& e : elements_) {
       if (e.zone != static_cast<int>(zi)) continue;
@@ -801,11 +811,12 @@ void World::compute_state(SceneState* st) const {
       eo.contrast = std::min(1.0, atm_.illum(z, eo.lateral, 0.5, true)) * (1.0 - atm_.fog(z));
       finish(eo, kConstructionMinHeight);
       if (!eo.visible) continue;
+      count += e.kind == ConstructionElement::kCone ? 1 : 2;
       grow(&o.box, &any, eo.box.x0, eo.box.y0);
       grow(&o.box, &any, eo.box.x1, eo.box.y1);
       nearest = std::min(nearest, z);
-      in_range = true;
     }
+    in_range = count >= 2;
     o.distance = in_range ? nearest : zs.s - ego_.s;
     o.lateral = cam_x(zs.s, o.d);
     o.visible = in_range;

@@ -87,10 +87,13 @@ constexpr double kSignCenterHeight = 2.3;
 constexpr double kSignSetback = 1.3;       // from the road edge (+ shoulder)
 constexpr double kLightHousingW = 0.5, kLightHousingH = 1.4, kLampRadius = 0.19;
 constexpr double kLightOverheadBottom = 4.9, kLightPoleBottom = 2.5;
-constexpr double kStopLineBack = 6.0;      // stop line this far before the signal
+// The signal stands across the intersection: stop line 12 m before it, the zebra crossing 11..8 m before it, so a car
+// waiting at the line still sees the signal head in its frame.
+constexpr double kStopLineBack = 12.0;
+constexpr double kZebraFrom = 11.0, kZebraTo = 8.0;
 constexpr double kEgoFront = 1.3;          // ego's front bumper ahead of the camera (m)
 constexpr double kEgoLength = 4.5;
-constexpr double kConeSpacing = 4.0, kConeHeight = 0.75;
+constexpr double kConeSpacing = 4.0, kConeHeight = 0.9;
 
 struct VehicleState {
   const VehicleSpec* spec = nullptr;
