@@ -504,6 +504,11 @@ std::vector<AttnCase> attention_cases() {
       {1, 9, 9, 2, 1, 24, true, 0},        // D not a multiple of 16
       {1, 3, 5, 2, 2, 8, false, 0},        // D = 8
       {1, 64, 1024, 2, 2, 64, false, 0},   // long S, full tiles
+      // tiled f32 kernel edges: O in 4 + 1 zmm per row and a 13-key tail tile; two 4-zmm passes over V rows with
+      // causal tile edges; SigLIP's head layout (12 heads: V rows 3072 bytes apart) with row and key tails
+      {1, 77, 77, 3, 3, 80, false, 0},
+      {1, 50, 150, 2, 1, 128, true, 100},
+      {1, 140, 140, 12, 12, 64, false, 0},
   };
 }
 
@@ -583,7 +588,7 @@ TEST(OpsConsistency, AttentionEveryKernel) {
   std::mt19937 rng(9);
   const cpu::AttnKernel kernels[] = {cpu::AttnKernel::kGenericDirect, cpu::AttnKernel::kGenericTiled,
                                      cpu::AttnKernel::kDirectF32, cpu::AttnKernel::kTiledF32,
-                                     cpu::AttnKernel::kTiledBF16};
+                                     cpu::AttnKernel::kTiledBF16, cpu::AttnKernel::kTiledF32V1};
   for (const AttnCase& c : attention_cases()) {
     if (c.S > 1000 && c.T > 1) continue;  // keep the matrix quick; covered through the backend above
     const float scale = 1.f / std::sqrt(static_cast<float>(c.D));
@@ -623,7 +628,8 @@ TEST(OpsConsistency, AttentionLargeLogits) {
   a.scale = 0.125f, a.causal = true, a.q_offset = c.q_offset;
   Tensor ref_out = nan_tensor(d.q.shape());
   ref::attention(a, d.q.data_as<float>(), d.k.data_as<float>(), d.v.data_as<float>(), ref_out.data_as<float>());
-  for (cpu::AttnKernel kern : {cpu::AttnKernel::kGenericTiled, cpu::AttnKernel::kTiledF32, cpu::AttnKernel::kDirectF32}) {
+  for (cpu::AttnKernel kern : {cpu::AttnKernel::kGenericTiled, cpu::AttnKernel::kTiledF32, cpu::AttnKernel::kDirectF32,
+                               cpu::AttnKernel::kTiledF32V1}) {
     if (!cpu::attention_kernel_usable(kern, a)) continue;
     Tensor out = nan_tensor(d.q.shape());
     ASSERT_TRUE(cpu::attention(a, d.q.data_as<float>(), d.k.data_as<float>(), d.v.data_as<float>(),

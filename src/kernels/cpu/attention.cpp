@@ -34,6 +34,7 @@ const char* attn_kernel_name(AttnKernel k) {
     case AttnKernel::kDirectF32: return "direct_f32_avx512";
     case AttnKernel::kTiledF32: return "tiled_f32_avx512";
     case AttnKernel::kTiledBF16: return "tiled_bf16_avx512";
+    case AttnKernel::kTiledF32V1: return "tiled_f32_v1_avx512";
   }
   return "?";
 }
@@ -45,7 +46,8 @@ bool attention_kernel_usable(AttnKernel k, const ref::AttentionDims& a) {
     case AttnKernel::kGenericDirect:
     case AttnKernel::kGenericTiled: return true;
     case AttnKernel::kDirectF32:
-    case AttnKernel::kTiledF32: return f.has_avx512_core();
+    case AttnKernel::kTiledF32:
+    case AttnKernel::kTiledF32V1: return f.has_avx512_core();
     case AttnKernel::kTiledBF16: return f.has_avx512_bf16() && a.D % 16 == 0;
   }
   return false;
@@ -74,6 +76,7 @@ Status attention(const ref::AttentionDims& a, const float* q, const float* k, co
     case AttnKernel::kDirectF32: attn_detail::run_f32_avx512(a, q, k, v, out, pool, true); break;
     case AttnKernel::kTiledF32: attn_detail::run_f32_avx512(a, q, k, v, out, pool, false); break;
     case AttnKernel::kTiledBF16: attn_detail::run_bf16_avx512(a, q, k, v, out, pool); break;
+    case AttnKernel::kTiledF32V1: attn_detail::run_f32_tiled_v1_avx512(a, q, k, v, out, pool); break;
   }
   return Status::Ok();
 }

@@ -7,8 +7,9 @@
 //
 // Work split: per batch element, the Hq/Hkv query heads that share a kv head are processed together as the
 // "rows" (t, g) of that kv head, so K and V are read (and packed) once per kv head; rows are cut into blocks of
-// 32 and the (kv head, row block) items are handed out to the pool's threads dynamically, most expensive (last
-// causal rows) first. When there are too few items to keep every thread busy (decode: T = 1), the keys are
+// 32 and the (kv head, row block) items are handed out to the pool's threads dynamically, head by head (so the
+// packed K and V of the head in work stay in each core's L2), most expensive (last causal rows) first within a
+// head. When there are too few items to keep every thread busy (decode: T = 1), the keys are
 // split as well (flash-decoding) and the partial softmax states are merged at the end.
 //
 // Kernels (chosen once per call by attention_kernel_for()):
@@ -16,7 +17,16 @@
 //               (q k^T and p v) run on vdpbf16ps with f32 accumulation; the probabilities p are rounded to bf16
 //               before p v. K is packed once per kv head into 16-key panels of bf16 pairs, V into key-pair
 //               interleaved rows. Used for Precision::kBF16 when D % 16 == 0 and a kv head has >= 16 query rows.
-//   kTiledF32   AVX-512F. f32 throughout; K packed into 16-key f32 panels, V read in place.
+//   kTiledF32   AVX-512F. f32 throughout; K packed into 16-key f32 panels, V packed into contiguous rows of
+//               round_up(D, 16) floats per kv head. Micro-tile: 4 query rows x 64 keys; the softmax of a tile runs
+//               on the q k^T accumulators in registers (row max by an in-register butterfly, one vector exp2 for the
+//               4 rows' rescale factors, the row sums kept as 16-lane partial sums until the end), then p v with
+//               4 rows x 4 zmm of O per V row load. Why V is packed: read in place, V rows of SigLIP (12 heads x 64
+//               = 3072 bytes apart) fall into 16 of the 64 L1 sets, so the 16 KB V block of a tile did not stay
+//               in L1 (with the other changes: 107 -> 211-217 GFLOP/s on 1024 tokens, bench/BENCHMARKS.md "Attention kernels").
+//   kTiledF32V1 the previous kTiledF32 (V read in place, softmax through memory with scalar reductions): never
+//               picked by kAuto, kept callable for side-by-side benchmarks (bench_attention) and as a second f32
+//               kernel in the tests.
 //   kDirectF32  AVX-512F, for few query rows per kv head (decode): no packing, K and V rows read in place.
 //   kGenericDirect, kGenericTiled  AVX2+FMA versions of the two f32 kernels (the same code over 8-wide
 //               vectors): the baseline, used when the CPU lacks AVX-512.
@@ -43,7 +53,15 @@
 
 namespace ev::cpu {
 
-enum class AttnKernel : uint8_t { kAuto = 0, kGenericDirect, kGenericTiled, kDirectF32, kTiledF32, kTiledBF16 };
+enum class AttnKernel : uint8_t {
+  kAuto = 0,
+  kGenericDirect,
+  kGenericTiled,
+  kDirectF32,
+  kTiledF32,
+  kTiledBF16,
+  kTiledF32V1,  // previous kTiledF32, benchmarks and tests only
+};
 const char* attn_kernel_name(AttnKernel k);
 
 // The kernel kAuto picks for these dims and precision on this CPU.
@@ -64,6 +82,8 @@ void run_generic(const ref::AttentionDims& a, const float* q, const float* k, co
                  ThreadPool* pool, bool direct);
 void run_f32_avx512(const ref::AttentionDims& a, const float* q, const float* k, const float* v, float* out,
                     ThreadPool* pool, bool direct);
+void run_f32_tiled_v1_avx512(const ref::AttentionDims& a, const float* q, const float* k, const float* v, float* out,
+                             ThreadPool* pool);
 void run_bf16_avx512(const ref::AttentionDims& a, const float* q, const float* k, const float* v, float* out,
                      ThreadPool* pool);
 }  // namespace attn_detail

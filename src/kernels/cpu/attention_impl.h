@@ -197,7 +197,7 @@ void run_item(const AttnJob& job, const AttnItem& it, float* part) {
 // ---- driver ---------------------------------------------------------------------------------------------------
 template <class Tr>
 void run_attention(const ref::AttentionDims& a, const float* q, const float* k, const float* v, float* out,
-                   ThreadPool* pool) {
+                   ThreadPool* pool, bool head_major = true) {
   using V = typename Tr::V;
   if (a.B == 0 || a.T == 0) return;
   const int G = a.Hq / a.Hkv;
@@ -236,12 +236,20 @@ void run_attention(const ref::AttentionDims& a, const float* q, const float* k, 
   nsplit = (a.S + split_len - 1) / split_len;
   std::vector<AttnItem> items;
   items.reserve(static_cast<size_t>(base * nsplit));
-  for (int64_t blk = nblk - 1; blk >= 0; --blk)  // costliest (last causal rows) first
-    for (int hk = 0; hk < a.Hkv; ++hk)
-      for (int64_t s = 0; s < nsplit; ++s)
+  // Head-major: consecutive items (which the threads take in turn) read the same kv head, whose packed K and V
+  // (512 KB for a SigLIP head of 1024 keys) then stay in each core's L2; block-major order made every item of a
+  // thread read another head, streaming all heads' K and V (6 MB for SigLIP) from L3. Within a head the costliest
+  // (last causal) row blocks come first, so the cheap ones fill the gaps at the end.
+  // (head_major = false: the previous order, block-major, kept for kTiledF32V1.)
+  for (int64_t o1 = 0; o1 < (head_major ? a.Hkv : nblk); ++o1)
+    for (int64_t o2 = 0; o2 < (head_major ? nblk : a.Hkv); ++o2)
+      for (int64_t s = 0; s < nsplit; ++s) {
+        const int hk = static_cast<int>(head_major ? o1 : o2);
+        const int64_t blk = nblk - 1 - (head_major ? o2 : o1);
         items.push_back({hk, blk * kBr, std::min(rows, (blk + 1) * kBr), s * split_len,
                          std::min(a.S, (s + 1) * split_len),
                          nsplit > 1 ? static_cast<int64_t>(items.size()) : int64_t{-1}});
+      }
   const int64_t prf = part_row_floats(job.Dp);
   std::vector<float> parts(nsplit > 1 ? items.size() * kBr * static_cast<size_t>(prf) : 0);
 
@@ -275,7 +283,11 @@ void run_attention(const ref::AttentionDims& a, const float* q, const float* k, 
     }
     parallel_dynamic(pool, static_cast<int64_t>(items.size()), [&](int64_t i) {
       const AttnItem& it = items[static_cast<size_t>(i)];
-      run_item<Tr>(job, it, it.part >= 0 ? parts.data() + it.part * kBr * prf : nullptr);
+      float* part = it.part >= 0 ? parts.data() + it.part * kBr * prf : nullptr;
+      if constexpr (requires { Tr::kOwnItem; })  // a kernel with its own item loop (the AVX-512 tiled f32 one)
+        Tr::run_item(job, it, part);
+      else
+        run_item<Tr>(job, it, part);
     });
     if (nsplit > 1) {
       // Merge the key splits of each (row block, kv head): O = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s.
