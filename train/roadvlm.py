@@ -212,6 +212,32 @@ def make_config(p, vocab, ids):
     return cfg
 
 
+class TemporalAdapter(nn.Module):
+    """This key frame's visual tokens cross-attend to the previous key frame's (src/models/temporal_adapter.h):
+    x' = x + tanh(gate) * Wo attention(Wq LN(x), Wk LN(m), Wv LN(m)). gate starts at 0: the identity."""
+
+    def __init__(self, hidden, heads):
+        super().__init__()
+        self.heads = heads
+        self.norm_x = nn.LayerNorm(hidden, eps=1e-5)
+        self.norm_m = nn.LayerNorm(hidden, eps=1e-5)
+        self.q = nn.Linear(hidden, hidden, bias=False)
+        self.k = nn.Linear(hidden, hidden, bias=False)
+        self.v = nn.Linear(hidden, hidden, bias=False)
+        self.o = nn.Linear(hidden, hidden, bias=False)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, m):
+        B, T, H = x.shape
+        d = H // self.heads
+        q = self.q(self.norm_x(x)).view(B, T, self.heads, d).transpose(1, 2)
+        mm = self.norm_m(m)
+        k = self.k(mm).view(B, m.shape[1], self.heads, d).transpose(1, 2)
+        v = self.v(mm).view(B, m.shape[1], self.heads, d).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, H)
+        return x + torch.tanh(self.gate) * self.o(a)
+
+
 class RoadVLM(nn.Module):
     """An Idefics3ForConditionalGeneration plus the fast hazard head on the mean-pooled vision features."""
 
@@ -222,6 +248,11 @@ class RoadVLM(nn.Module):
         self.fast_head = nn.Linear(cfg.vision_config.hidden_size, len(HAZARDS))
         self.image_token_id = cfg.image_token_id
         self.tokens_per_image = (cfg.vision_config.image_size // cfg.vision_config.patch_size // cfg.scale_factor) ** 2
+        self.temporal = None
+
+    def add_temporal(self, heads):
+        self.temporal = TemporalAdapter(self.vlm.config.text_config.hidden_size, heads).to(
+            next(self.parameters()).device)
 
     def encode(self, pix_u8):
         """pix_u8 [B, S, S, 3] uint8 -> (vision last hidden state [B, P, Hv], connector output [B, T, Ht])."""
@@ -230,8 +261,15 @@ class RoadVLM(nn.Module):
         vis = base.vision_model(pixel_values=pv.to(next(self.parameters()).dtype)).last_hidden_state
         return vis, base.connector(vis)
 
-    def forward(self, pix_u8, ids, attn_mask):
+    def memory(self, prev_u8):
+        """The previous key frame's image embeddings (the adapter's memory; no gradient through it)."""
+        with torch.no_grad():
+            return self.encode(prev_u8)[1].detach()
+
+    def forward(self, pix_u8, ids, attn_mask, prev_u8=None):
         vis, img = self.encode(pix_u8)
+        if self.temporal is not None and prev_u8 is not None:
+            img = self.temporal(img, self.memory(prev_u8))
         emb = self.vlm.get_input_embeddings()(ids)
         mask = (ids == self.image_token_id).unsqueeze(-1)
         emb = emb.masked_scatter(mask, img.to(emb.dtype).reshape(-1, emb.shape[-1]))
@@ -329,8 +367,20 @@ def target_logits(logits, labels):
     return logits[:, :-1][sel]
 
 
+def previous_frames(split, max_gap=5):
+    """prev[i, g-1]: the stored frame g steps before frame i in the same scenario (i itself at a scenario start)."""
+    n = len(split)
+    prev = np.zeros((n, max_gap), dtype=np.int64)
+    sc = np.array([r.get("scenario", 0) for r in split.records])
+    for g in range(1, max_gap + 1):
+        idx = np.arange(n) - g
+        ok = (idx >= 0) & (sc[np.clip(idx, 0, None)] == sc)
+        prev[:, g - 1] = np.where(ok, idx, np.arange(n))
+    return prev
+
+
 def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=None, teacher_data=None,
-                teacher_seqs=None, ckpt=None, fixed_steps=0):
+                teacher_seqs=None, ckpt=None, fixed_steps=0, prev=None):
     """Trains `model` for `budget_s` seconds of wall time (or args.steps steps). With a teacher: + KL on the
     teacher's next-token distributions (temperature args.kd_temp) and + feature distillation of the visual
     tokens (student connector output, projected, vs the teacher's pooled to the student's grid)."""
@@ -395,7 +445,16 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=No
         ci = seqs.pick(fi, gen)
         ids, lab, att = seqs.ids[ci], seqs.labels[ci], seqs.attn[ci]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, hz, img = ddp_model(data[fi], ids, att)
+            prev_u8 = None
+            if prev is not None:
+                # The previous key frame 1..5 stored frames (0.1..0.5 s) back; 15% of the time an unrelated frame,
+                # as after a cut, so that the adapter learns to ignore a memory that does not fit.
+                g = torch.randint(0, prev.shape[1], (bs,), device=device, generator=gen)
+                pi = prev[fi, g]
+                cut = torch.rand(bs, device=device, generator=gen) < 0.15
+                pi = torch.where(cut, torch.randint(0, n, (bs,), device=device, generator=gen), pi)
+                prev_u8 = data[pi]
+            logits, hz, img = ddp_model(data[fi], ids, att, prev_u8)
             loss_lm = lm_loss(logits, lab)
             loss_fast = F.binary_cross_entropy_with_logits(hz.float(), hazards[fi])
             loss = loss_lm + 0.5 * loss_fast
@@ -451,7 +510,7 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=No
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def greedy(model, pix_u8, prefix, eos, pad, max_new=64):
+def greedy(model, pix_u8, prefix, eos, pad, max_new=64, prev_u8=None):
     """Greedy continuation of the same prefix for every frame of the batch (no KV cache: the prefix is short)."""
     device = pix_u8.device
     B = pix_u8.shape[0]
@@ -459,6 +518,8 @@ def greedy(model, pix_u8, prefix, eos, pad, max_new=64):
     done = torch.zeros(B, dtype=torch.bool, device=device)
     out = [[] for _ in range(B)]
     vis, img = model.encode(pix_u8)
+    if model.temporal is not None and prev_u8 is not None:
+        img = model.temporal(img, model.memory(prev_u8))
     hz = torch.sigmoid(model.fast_head(vis.mean(1)).float())
     for _ in range(max_new):
         emb = model.vlm.get_input_embeddings()(ids)
@@ -478,7 +539,7 @@ def greedy(model, pix_u8, prefix, eos, pad, max_new=64):
     return out, hz
 
 
-def evaluate(name, model, data, split, seqs, hf, ids, batch=256):
+def evaluate(name, model, data, split, seqs, hf, ids, batch=256, prev=None):
     model.eval()
     n = data.shape[0]
     field_ok = {f: 0 for f in FIELDS}
@@ -487,7 +548,8 @@ def evaluate(name, model, data, split, seqs, hf, ids, batch=256):
     samples = []
     for i in range(0, n, batch):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=data.device.type == "cuda"):
-            toks, hz = greedy(model, data[i:i + batch], seqs.prefix_desc, ids["eos"], ids["pad"])
+            mem = data[prev[i:i + batch, 0]] if prev is not None else None
+            toks, hz = greedy(model, data[i:i + batch], seqs.prefix_desc, ids["eos"], ids["pad"], prev_u8=mem)
         hz_all.append(hz.cpu())
         for b, t in enumerate(toks):
             text = hf.decode(t, skip_special_tokens=True)
@@ -548,6 +610,9 @@ def export(model, hf, ip, out_dir, card, dtype=torch.bfloat16):
     tensors = load_file(str(st_path))
     tensors["fast_head.weight"] = model.fast_head.weight.detach().to(dtype).cpu().contiguous()
     tensors["fast_head.bias"] = model.fast_head.bias.detach().to(dtype).cpu().contiguous()
+    if model.temporal is not None:
+        for k, v in model.temporal.state_dict().items():
+            tensors["temporal." + k] = v.detach().to(dtype).cpu().contiguous()
     save_file(tensors, str(st_path), metadata={"format": "pt"})
     cfg = json.loads((d / "config.json").read_text())
     cfg["edgevlm"] = {
@@ -556,6 +621,9 @@ def export(model, hf, ip, out_dir, card, dtype=torch.bfloat16):
                       "bias": "fast_head.bias"},
         "task": {"describe_prompt": DESCRIBE_PROMPT, "description_fields": FIELDS},
     }
+    if model.temporal is not None:
+        cfg["edgevlm"]["temporal_adapter"] = {"heads": model.temporal.heads, "eps": 1e-5,
+                                              "memory": "previous_keyframe_image_embeddings"}
     (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (d / "README.md").write_text(card)
     log(f"export: {d}: " + ", ".join(f"{p.name} {p.stat().st_size}" for p in sorted(d.iterdir())))
@@ -613,6 +681,61 @@ def write_golden(model_dir, split, idx, out_dir, n_new=48):
     import transformers
     (out / "golden.json").write_text(json.dumps(dict(cases=cases, torch=torch.__version__,
                                                      transformers=transformers.__version__), indent=2) + "\n")
+
+
+@torch.no_grad()
+def write_temporal_golden(model_dir, split, pairs, out_dir, n_new=48):
+    """Golden tensors of the temporal adapter (transformers has no such module, so the reference is this file's
+    TemporalAdapter in float32 on the CPU over the exported weights): for each (previous, current) frame pair the
+    memory (previous frame's connector output), the current frame's connector output, the adapted embeddings, the
+    logits at the last prompt position and a greedy continuation from the adapted embeddings."""
+    from PIL import Image
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, Idefics3ForConditionalGeneration
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    m = Idefics3ForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32,
+                                                         attn_implementation="eager").float().eval()
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    tcfg = cfg["edgevlm"]["temporal_adapter"]
+    raw = load_file(str(Path(model_dir) / "model.safetensors"))
+    ta = TemporalAdapter(m.config.text_config.hidden_size, tcfg["heads"]).float().eval()
+    ta.load_state_dict({k[len("temporal."):]: v.float() for k, v in raw.items() if k.startswith("temporal.")})
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    n_img = (m.config.vision_config.image_size // m.config.vision_config.patch_size // m.config.scale_factor) ** 2
+    ids = torch.tensor([tok(prompt_prefix(DESCRIBE_PROMPT, n_img), add_special_tokens=False)["input_ids"]])
+    image_id = m.config.image_token_id
+
+    def connector(i):
+        x = torch.from_numpy(np.asarray(split.frames[i])).float().permute(2, 0, 1)[None] / 255
+        return m.model.connector(m.model.vision_model(pixel_values=(x - 0.5) / 0.5).last_hidden_state)
+
+    def logits_of(seq, emb_img):
+        emb = m.get_input_embeddings()(seq)
+        emb = emb.masked_scatter((seq == image_id).unsqueeze(-1), emb_img.reshape(-1, emb.shape[-1]))
+        h = m.model.text_model(inputs_embeds=emb, attention_mask=torch.ones_like(seq)).last_hidden_state
+        return m.lm_head(h)[0, -1]
+
+    cases = []
+    for k, (ip, ic) in enumerate(pairs):
+        for tag, i in (("prev", ip), ("cur", ic)):
+            Image.fromarray(np.asarray(split.frames[i])).save(out / f"temporal{k}_{tag}.png")
+        mem, cur = connector(ip), connector(ic)
+        adapted = ta(cur, mem)
+        first = logits_of(ids, adapted)
+        seq, toks = ids, []
+        for _ in range(n_new):
+            t = int(logits_of(seq, adapted).argmax())
+            toks.append(t)
+            seq = torch.cat([seq, torch.tensor([[t]])], 1)
+        save_file({"memory": mem[0].contiguous(), "current": cur[0].contiguous(), "adapted": adapted[0].contiguous(),
+                   "logits_first": first.contiguous(), "input_ids": ids[0].contiguous()},
+                  str(out / f"temporal{k}.safetensors"))
+        cases.append(dict(prev=f"temporal{k}_prev.png", cur=f"temporal{k}_cur.png", greedy_tokens=toks,
+                          greedy_text=tok.decode(toks, skip_special_tokens=True), gate=float(torch.tanh(ta.gate)),
+                          truth=split.records[ic]["description"]))
+        log(f"temporal golden {k}: gate {cases[-1]['gate']:.4f}: {cases[-1]['greedy_text'].strip()!r}")
+    (out / "temporal.json").write_text(json.dumps(dict(cases=cases), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -734,12 +857,22 @@ def recipe(args):
     results["baseline"]["train"] = train_phase("baseline", base, data["student"], seqs["student"], hazards["student"],
                                                args, args.student_s, args.lr, ckpt=work / "baseline.pt",
                                                fixed_steps=results["student"]["train"]["steps"])
+    # 5b. The temporal adapter, fine-tuned into the distilled student on (previous key frame, frame) pairs.
+    prev_train = prev_held = None
+    if args.temporal_s > 0:
+        models["student"].add_temporal(args.temporal_heads)
+        prev_train = torch.from_numpy(previous_frames(train["student"])).to(device)
+        prev_held = torch.from_numpy(previous_frames(held["student"])).to(device)
+        results["student"]["temporal_train"] = train_phase(
+            "temporal", models["student"], data["student"], seqs["student"], hazards["student"], args,
+            args.temporal_s, args.lr * 0.3, ckpt=work / "temporal.pt", prev=prev_train)
     if RANK != 0:
         return
     # 6. Held-out evaluation.
     for role, m in [("teacher", models["teacher"]), ("student", models["student"]), ("baseline", base)]:
         key = "teacher" if role == "teacher" else "student"
-        results[role]["eval"] = evaluate(role, m, hdata[key], held[key], hseqs[key], hf, ids)
+        results[role]["eval"] = evaluate(role, m, hdata[key], held[key], hseqs[key], hf, ids,
+                                         prev=prev_held if role == "student" else None)
     t, s, b = (results[k]["eval"]["mean_field_accuracy"] for k in ["teacher", "student", "baseline"])
     results["summary"] = dict(teacher=t, student=s, baseline=b, student_over_teacher=s / max(t, 1e-9),
                               distillation_gain=s - b, seconds=time.time() - t_all)
@@ -753,6 +886,10 @@ def recipe(args):
         export(base, hf, ip, out / "road-baseline", card.replace("# edgevlm road-scene student",
                                                                    "# edgevlm road-scene student, no-teacher baseline"))
     write_golden(sdir, held["student"], [0, len(held["student"]) // 2], out / "student-golden")
+    if models["student"].temporal is not None:
+        pv = previous_frames(held["student"])
+        cur = [i for i in range(len(held["student"])) if pv[i, 0] != i][:2]
+        write_temporal_golden(sdir, held["student"], [(int(pv[i, 0]), i) for i in cur], out / "student-golden")
     log(f"recipe done in {time.time() - t_all:.0f} s")
 
 
@@ -782,11 +919,14 @@ def main():
     r.add_argument("--feat-beta", type=float, default=1.0)
     r.add_argument("--export-baseline", action="store_true")
     r.add_argument("--ckpt-every-s", type=float, default=60, help="checkpoint interval within a phase")
+    r.add_argument("--temporal-s", type=float, default=0, help="fine-tune a temporal adapter into the student (s)")
+    r.add_argument("--temporal-heads", type=int, default=4)
     args = ap.parse_args()
     if args.cmd == "recipe":
         if args.smoke:
             args.scenarios, args.frames, args.eval_scenarios, args.vocab = 12, 30, 4, 400
             args.steps, args.batch = 20, 16
+            args.temporal_heads = 1
         recipe(args)
 
 

@@ -29,6 +29,11 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   if (fh) {
     EV_ASSIGN_OR_RETURN(e->fast_head_, FastHead::load(e->store_, *fh, e->cfg_.vision.hidden_size));
   }
+  EV_ASSIGN_OR_RETURN(std::optional<TemporalAdapterConfig> ta,
+                      parse_temporal_adapter_config(e->cfg_.raw, model_dir + "/config.json"));
+  if (ta) {
+    EV_ASSIGN_OR_RETURN(e->temporal_, TemporalAdapter::load(e->store_, *ta, e->cfg_.text.hidden_size));
+  }
   EV_RETURN_IF_ERROR(e->init_backend());
   EV_RETURN_IF_ERROR(e->prepare_weights());
   if (opt.network_only) {
@@ -82,6 +87,11 @@ Status Engine::prepare_weights() {
   TensorId vout = -1;
   model_->build_vision(gv, gv.input("pixels", Tensor::empty(DType::kF32, Shape{1, 3, S, S})), &vout);
   if (fast_head_) fast_head_->build(gv, vout);
+  if (temporal_) {
+    const int64_t T = model_->tokens_per_tile(), H = model_->text_hidden();
+    temporal_->build(gv, gv.input("memory", Tensor::empty(DType::kF32, Shape{1, T, H})),
+                     gv.input("memory2", Tensor::empty(DType::kF32, Shape{1, T, H})));
+  }
   EV_RETURN_IF_ERROR(gv.status());
   EV_RETURN_IF_ERROR(vbe->prepare_weights(gv));
   Graph gt;
@@ -214,7 +224,7 @@ Result<Tensor> Engine::preprocess(const Image& img, int image_splitting, int* ro
 }
 
 Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, const ExecOptions& exec,
-                                    Tensor* hazards) {
+                                    Tensor* hazards, const Tensor* memory, Tensor* raw) {
   const int S = model_->tile_size();
   if (pixels.ndim() != 4 || pixels.dim(1) != 3 || pixels.dim(2) != S || pixels.dim(3) != S ||
       pixels.dtype() != DType::kF32)
@@ -226,6 +236,14 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
   TensorId emb = model_->build_vision(g, px, &vout);
   g.mark_output(emb);
   if (vision_out) g.mark_output(vout);
+  TensorId adapted = -1;
+  if (memory && memory->data() && temporal_) {
+    if (memory->ndim() != 3 || memory->dim(0) != pixels.dim(0) || memory->dim(2) != model_->text_hidden())
+      return ShapeMismatch("temporal memory " + memory->shape().to_string() + " does not fit " +
+                           std::to_string(pixels.dim(0)) + " tiles of width " + std::to_string(model_->text_hidden()));
+    adapted = temporal_->build(g, emb, g.input("memory", *memory));
+    g.mark_output(adapted);
+  }
   TensorId hz = -1;
   if (hazards && fast_head_) {
     hz = fast_head_->build(g, vout);
@@ -235,6 +253,8 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
   EV_ASSIGN_OR_RETURN(ExecResult r, vision_exec_->run(g, exec));
   if (vision_out) *vision_out = r[vout];
   if (hz >= 0) *hazards = r[hz];
+  if (raw) *raw = r[emb];
+  if (adapted >= 0) return r[adapted];
   return r[emb];
 }
 
@@ -284,7 +304,7 @@ Result<GenerateResult> Engine::describe(const std::vector<Image>& images, const 
 }
 
 Result<EncodedImages> Engine::encode_images(const std::vector<Image>& images, int image_splitting,
-                                            Tensor* vision_out) {
+                                            Tensor* vision_out, const Tensor* memory) {
   EncodedImages enc;
   double t = now_s();
   // Tiles of all images, in order, as one batch.
@@ -310,7 +330,7 @@ Result<EncodedImages> Engine::encode_images(const std::vector<Image>& images, in
     off += p.pixels.nbytes();
   }
   Tensor hz;
-  EV_ASSIGN_OR_RETURN(enc.embeds, encode_tiles(all, vision_out, {}, fast_head_ ? &hz : nullptr));
+  EV_ASSIGN_OR_RETURN(enc.embeds, encode_tiles(all, vision_out, {}, fast_head_ ? &hz : nullptr, memory, &enc.raw_embeds));
   if (hz.data()) {
     const int C = fast_head_->num_classes();
     int64_t tile = 0;

@@ -21,6 +21,7 @@
 #include "graph/backend.h"
 #include "graph/executor.h"
 #include "models/fast_head.h"
+#include "models/temporal_adapter.h"
 #include "models/vlm.h"
 #include "perception/image.h"
 #include "perception/vlm_preprocess.h"
@@ -86,6 +87,7 @@ struct GenerateResult {
 struct EncodedImages {
   std::vector<ImageLayout> layouts;   // per image: tile rows / cols (0, 0 when not split)
   Tensor embeds;                      // [n_tiles, tokens_per_tile, text_hidden]; undefined without images
+  Tensor raw_embeds;                  // the connector's output before the temporal adapter (the next memory)
   std::vector<std::vector<float>> fast_head;  // per image, as GenerateResult::fast_head
   int n_tiles = 0;
   double preprocess_s = 0, vision_s = 0;
@@ -113,8 +115,10 @@ class Engine {
   // The two halves of generate(): the vision side (optionally also the vision tower's output
   // [n_tiles, P, Hv]) and the text side. They run on different executors and may run concurrently on two threads
   // (with EngineOptions::text_threads > 0 they also use different thread pools).
+  // With `memory` (the previous key frame's raw_embeds, same tile count) and a temporal adapter in the model, the
+  // embeddings pass through the adapter.
   Result<EncodedImages> encode_images(const std::vector<Image>& images, int image_splitting,
-                                      Tensor* vision_out = nullptr);
+                                      Tensor* vision_out = nullptr, const Tensor* memory = nullptr);
   Result<GenerateResult> generate_encoded(const EncodedImages& enc, const nlohmann::json& messages,
                                           const GenerateOptions& gen, const StreamCallback& stream = nullptr);
 
@@ -127,8 +131,10 @@ class Engine {
   Result<std::string> render_prompt(int n_images, const std::string& text) const;
   // pixels [n_tiles, 3, S, S] -> image embeddings [n_tiles, tokens_per_tile, text_hidden] (+ vision tower output).
   // With `hazards` and a fast head: its probabilities [n_tiles, C] from the same pass.
+  // With `memory` and a temporal adapter: the adapted embeddings are returned, the connector's own in *raw.
   Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {},
-                              Tensor* hazards = nullptr);
+                              Tensor* hazards = nullptr, const Tensor* memory = nullptr, Tensor* raw = nullptr);
+  const TemporalAdapter* temporal_adapter() const { return temporal_ ? &*temporal_ : nullptr; }
   // The model's fast head (config.json "edgevlm.fast_head"), or nullptr.
   const FastHead* fast_head() const { return fast_head_ ? &*fast_head_ : nullptr; }
   // Runs the decoder on `ids` at the cache's current position, replacing the embeddings of image-token positions
@@ -167,6 +173,7 @@ class Engine {
   TensorStore store_;
   std::unique_ptr<VlmModel> model_;
   std::optional<FastHead> fast_head_;
+  std::optional<TemporalAdapter> temporal_;
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ChatTemplate> chat_;
   std::unique_ptr<ThreadPool> pool_, text_pool_;

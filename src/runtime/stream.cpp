@@ -193,12 +193,14 @@ Status StreamPipeline::run(const StreamEventCallback& on_event) {
   // ---- vision ----
   std::thread vis([&] {
     KeyframeAnchor anchor(opt_.keyframe);
+    Tensor memory;  // the previous key frame's connector output (the temporal adapter's memory)
+    const bool temporal = opt_.temporal && engine_.temporal_adapter() != nullptr;
     std::vector<bool> alert(fh ? static_cast<size_t>(fh->num_classes()) : 0, false);
     QueuedFrame q;
     while (queue.pop(&q)) {
       if (stop_.load()) continue;  // drain
       Tensor vision_out;
-      auto enc = engine_.encode_images({q.f.image}, 0, &vision_out);
+      auto enc = engine_.encode_images({q.f.image}, 0, &vision_out, temporal && memory.data() ? &memory : nullptr);
       if (!enc.ok()) {
         fail(enc.status().with_context("frame " + std::to_string(q.f.index)));
         continue;
@@ -234,6 +236,7 @@ Status StreamPipeline::run(const StreamEventCallback& on_event) {
       if (key) {
         emit({"keyframe", q.f.index, q.f.pts_s, 0, {{"distance", dist}}});
         KeyFrame k;
+        if (temporal) memory = enc->raw_embeds;
         k.enc = std::move(enc).value();
         k.frame = q.f.index;
         k.pts_s = q.f.pts_s;

@@ -44,6 +44,9 @@ struct StreamOptions {
   // Drop the oldest queued frame when the vision stage falls behind (always for live sources; set it for files
   // played in real time, which stand in for a camera).
   bool drop_when_late = false;
+  // Key frames pass through the model's temporal adapter (when it has one) with the previous key frame's
+  // embeddings as memory.
+  bool temporal = true;
 };
 
 // What the pipeline reports, as it happens (called from the stage threads; keep it short).

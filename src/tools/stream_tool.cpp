@@ -58,6 +58,7 @@ void add_stream_options(CLI::App& app, StreamToolOptions& o) {
       ->check(CLI::Range(0.001, 3600.0));
   app.add_option("--hysteresis", o.hysteresis, "consecutive agreeing outputs before a field changes (1: at once)")
       ->check(CLI::Range(1, 100));
+  app.add_flag("--no-temporal", o.no_temporal, "do not apply the model's temporal adapter");
   app.add_flag("--realtime", o.realtime, "play files at their own frame rate, as a camera delivers them");
   app.add_option("--events", o.events, "write every event as JSON lines to this file");
   app.add_flag("--print", o.print, "print semantic updates and fast-head alerts as they come");
@@ -94,6 +95,7 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   sopt.hysteresis = o.hysteresis;
   sopt.max_tokens = o.max_tokens;
   sopt.drop_when_late = o.realtime;
+  sopt.temporal = !o.no_temporal;
   StreamPipeline pipe(*eng, *src, sopt);
 
   std::ofstream events;
@@ -153,6 +155,7 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   j["realtime"] = o.realtime;
   j["language_hz"] = o.language_hz;
   j["keyframe"] = {{"threshold", o.keyframe_threshold}, {"max_age_s", o.keyframe_max_age}};
+  j["temporal_adapter"] = !o.no_temporal && eng->temporal_adapter() != nullptr;
   j["threads"] = {{"vision", o.threads}, {"language", o.text_threads}};
   j["frames"] = {{"in", st.frames_in}, {"vision", st.frames_vision}, {"dropped", st.frames_dropped},
                  {"decode_errors", vs.decode_errors}};

@@ -42,6 +42,7 @@ struct StreamToolOptions {
   std::string precision = "auto";
   int max_tokens = 64;
   bool progress = true;
+  bool no_temporal = false;
 };
 
 void add_stream_options(CLI::App& app, StreamToolOptions& o);
