@@ -119,7 +119,8 @@ Status VideoWriter::open(const std::string& path, int width, int height, double 
   for (const auto& c : choices) {
     if (!c.codec) continue;
     if (!opts.codec.empty() && opts.codec != c.key) continue;
-    if (avformat_query_codec(m.fmt->oformat, c.codec->id, FF_COMPLIANCE_NORMAL) != 1) continue;
+    // 1: supported; 0: not; < 0: the muxer keeps no list (MPEG-TS, for one), so the encoder is tried.
+    if (avformat_query_codec(m.fmt->oformat, c.codec->id, FF_COMPLIANCE_NORMAL) == 0) continue;
     codec = c.codec;
     key = c.key;
     break;
