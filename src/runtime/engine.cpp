@@ -115,6 +115,16 @@ Status parse_precision_option(const std::string& s, EngineOptions* opt) {
   return Status::Ok();
 }
 
+std::string Engine::describe_prompt() const {
+  const nlohmann::json& raw = cfg_.raw;
+  if (raw.contains("edgevlm") && raw["edgevlm"].is_object() && raw["edgevlm"].contains("task")) {
+    const auto& t = raw["edgevlm"]["task"];
+    if (t.is_object() && t.contains("describe_prompt") && t["describe_prompt"].is_string())
+      return t["describe_prompt"].get<std::string>();
+  }
+  return "Describe the scene.";
+}
+
 std::string Engine::precision_label() const {
   if (text_prec_ == vision_prec_) return precision_name(text_prec_);
   return std::string("vision ") + precision_name(vision_prec_) + " + text " + precision_name(text_prec_);

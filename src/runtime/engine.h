@@ -137,6 +137,9 @@ class Engine {
   const TemporalAdapter* temporal_adapter() const { return temporal_ ? &*temporal_ : nullptr; }
   // The model's fast head (config.json "edgevlm.fast_head"), or nullptr.
   const FastHead* fast_head() const { return fast_head_ ? &*fast_head_ : nullptr; }
+  // The prompt a road-scene model was trained to describe a frame with: config.json's
+  // "edgevlm.task.describe_prompt", else "Describe the scene.".
+  std::string describe_prompt() const;
   // Runs the decoder on `ids` at the cache's current position, replacing the embeddings of image-token positions
   // with rows of `image_embeds` ([n, H], in order; may be undefined when ids hold no image token), and returns
   // logits of the last n_logits rows [n_logits, V]. Advances cache.size().

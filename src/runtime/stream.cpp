@@ -94,16 +94,6 @@ class Mailbox {
   std::optional<KeyFrame> slot_;
 };
 
-std::string default_prompt(const Engine& e) {
-  const nlohmann::json& raw = e.config().raw;
-  if (raw.contains("edgevlm") && raw["edgevlm"].is_object() && raw["edgevlm"].contains("task")) {
-    const auto& t = raw["edgevlm"]["task"];
-    if (t.is_object() && t.contains("describe_prompt") && t["describe_prompt"].is_string())
-      return t["describe_prompt"].get<std::string>();
-  }
-  return "Describe the scene.";
-}
-
 std::map<std::string, std::string> truth_fields(const nlohmann::json& truth) {
   if (!truth.is_object() || !truth.contains("description") || !truth["description"].is_string()) return {};
   auto r = sim::parse_description(truth["description"].get<std::string>());
@@ -131,7 +121,7 @@ Status StreamPipeline::run(const StreamEventCallback& on_event) {
   if (opt_.hysteresis < 1 || opt_.hysteresis > 100) return InvalidArgument("hysteresis must be in [1, 100]");
   if (!(opt_.keyframe.threshold >= 0) || !(opt_.keyframe.max_age_s > 0))
     return InvalidArgument("key-frame threshold must be >= 0 and the maximum age > 0");
-  const std::string prompt = opt_.prompt.empty() ? default_prompt(engine_) : opt_.prompt;
+  const std::string prompt = opt_.prompt.empty() ? engine_.describe_prompt() : opt_.prompt;
   EV_ASSIGN_OR_RETURN(nlohmann::json messages, Engine::user_turn(1, prompt));
   const FastHead* fh = engine_.fast_head();
   const double on_thr = fh ? std::max(opt_.alert_on, static_cast<double>(fh->config().threshold)) : opt_.alert_on;

@@ -28,16 +28,6 @@ Image to_image(const sim::Frame& f) {
   return img;
 }
 
-std::string describe_prompt(const Engine& e) {
-  const nlohmann::json& raw = e.config().raw;
-  if (raw.contains("edgevlm") && raw["edgevlm"].is_object() && raw["edgevlm"].contains("task")) {
-    const auto& t = raw["edgevlm"]["task"];
-    if (t.is_object() && t.contains("describe_prompt") && t["describe_prompt"].is_string())
-      return t["describe_prompt"].get<std::string>();
-  }
-  return "Describe the scene.";
-}
-
 Status check(const EvalOptions& o) {
   if (o.model.empty()) return InvalidArgument("--model is required");
   if (o.specs.empty() && (o.scenarios < 1 || o.scenarios > 100000))
@@ -74,7 +64,7 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
   EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
   EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::load(o.model, eo));
   const int S = eng->model().tile_size();
-  const std::string prompt = describe_prompt(*eng);
+  const std::string prompt = eng->describe_prompt();
 
   // Scenario specs at the model's tile size.
   std::vector<sim::ScenarioSpec> specs;

@@ -152,7 +152,9 @@ TEST_P(GoldenTest, FirstLogitsAndGreedyContinuation) {
     const char* ref_name = "logits_first";
     Diff dl = compare(last, c.tensors.get(ref_name).value());
     EXPECT_LE(dl.rel, tol()) << "logits at the last prompt position";
-    if (GetParam() == ev::Precision::kBF16) EXPECT_GE(dl.cosine, 0.999);
+    if (GetParam() == ev::Precision::kBF16) {
+      EXPECT_GE(dl.cosine, 0.999);
+    }
     std::printf("[golden %s %s] logits rel %.2e cosine %.6f\n", c.stem.c_str(), ev::precision_name(GetParam()),
                 dl.rel, dl.cosine);
 
