@@ -221,7 +221,9 @@ TEST_P(GoldenTest, DescribeFromImageFile) {
     ASSERT_TRUE(r.ok()) << r.status().to_string();
     EXPECT_EQ(r->stats.prompt_tokens, static_cast<int>(ids_of(c.tensors, "input_ids").size()));
     EXPECT_EQ(r->tokens, c.meta.at("greedy_tokens").get<std::vector<int32_t>>());
-    if (c.meta.contains("greedy_text")) EXPECT_EQ(r->text, c.meta.at("greedy_text").get<std::string>());
+    if (c.meta.contains("greedy_text")) {
+      EXPECT_EQ(r->text, c.meta.at("greedy_text").get<std::string>());
+    }
   }
 }
 
