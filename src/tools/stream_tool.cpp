@@ -110,8 +110,6 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
       std::this_thread::sleep_for(std::chrono::milliseconds(250));
       const StreamStats st = pipe.stats();
       if (st.frames_vision == 0) continue;
-      const double el = std::max(1e-9, st.wall_s > 0 ? st.wall_s : 0.0);
-      (void)el;
       sl.update("%lld frames, vision p50 %.1f ms p99 %.1f ms, language %lld runs (p50 %.0f ms), key %.0f%%, drops %lld",
                 static_cast<long long>(st.frames_vision), quantile(st.vision_latency_s, 0.5) * 1e3,
                 quantile(st.vision_latency_s, 0.99) * 1e3, static_cast<long long>(st.language_runs),
