@@ -367,7 +367,7 @@ def target_logits(logits, labels):
     return logits[:, :-1][sel]
 
 
-def previous_frames(split, max_gap=5):
+def previous_frames(split, max_gap=10):
     """prev[i, g-1]: the stored frame g steps before frame i in the same scenario (i itself at a scenario start)."""
     n = len(split)
     prev = np.zeros((n, max_gap), dtype=np.int64)
@@ -379,11 +379,27 @@ def previous_frames(split, max_gap=5):
     return prev
 
 
+def balance_weights(split, power=0.5, cap=8.0):
+    """Sampling probabilities that lift rare field values (a sign, a cut-in, a light that is off): each frame's
+    weight is the mean over the description fields of freq(value)^-power, capped at `cap` times the mean."""
+    from collections import Counter
+    n = len(split)
+    w = np.zeros(n)
+    for f in FIELDS:
+        vals = [parse_description(r["description"]).get(f, "") for r in split.records]
+        cnt = Counter(vals)
+        w += np.array([cnt[v] / n for v in vals]) ** (-power)
+    w /= len(FIELDS)
+    w = np.minimum(w, cap * w.mean())
+    return w / w.sum()
+
+
 def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=None, teacher_data=None,
-                teacher_seqs=None, ckpt=None, fixed_steps=0, prev=None):
+                teacher_seqs=None, ckpt=None, fixed_steps=0, prev=None, weights=None):
     """Trains `model` for `budget_s` seconds of wall time (or args.steps steps). With a teacher: + KL on the
     teacher's next-token distributions (temperature args.kd_temp) and + feature distillation of the visual
-    tokens (student connector output, projected, vs the teacher's pooled to the student's grid)."""
+    tokens (student connector output, projected, vs the teacher's pooled to the student's grid). `weights` [N]:
+    frames are drawn with these probabilities (balance_weights) instead of uniformly."""
     device = data.device
     model.train()
     proj = None
@@ -400,6 +416,7 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=No
     if WORLD > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index])
     step, start = 0, time.time()
+    resumed_hist = []
     if ckpt is not None and ckpt.exists():
         st = torch.load(ckpt, map_location=device)
         model.load_state_dict(st["model"])
@@ -408,20 +425,21 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=No
             proj.load_state_dict(st["proj"])
         step = st["step"]
         start -= st["elapsed"]
+        resumed_hist, skipped = st.get("hist", []), st.get("skipped", 0)
         log(f"{name}: resumed at step {step} ({st['elapsed']:.0f} s done)")
     gen = torch.Generator(device=device).manual_seed(args.seed * 1000 + RANK * 7 + step)
     n = data.shape[0]
     bs = args.batch
     warm = 100
     est_steps = total_steps or 0
-    hist = []
+    hist = list(resumed_hist)
     t_last = t_saved = time.time()
 
     def save():
         if ckpt is not None and RANK == 0:
             tmp = ckpt.with_suffix(".tmp")
             torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=step, elapsed=time.time() - start,
-                            proj=proj.state_dict() if proj is not None else None), tmp)
+                            proj=proj.state_dict() if proj is not None else None, hist=hist, skipped=skipped), tmp)
             tmp.replace(ckpt)  # atomic: a command cut off mid-save leaves the previous checkpoint
 
     while True:
@@ -441,13 +459,16 @@ def train_phase(name, model, data, seqs, hazards, args, budget_s, lr, teacher=No
         cur_lr = lr * min(1.0, (step + 1) / warm) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = cur_lr
-        fi = torch.randint(0, n, (bs,), device=device, generator=gen)
+        if weights is not None:
+            fi = torch.multinomial(weights, bs, replacement=True, generator=gen)
+        else:
+            fi = torch.randint(0, n, (bs,), device=device, generator=gen)
         ci = seqs.pick(fi, gen)
         ids, lab, att = seqs.ids[ci], seqs.labels[ci], seqs.attn[ci]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             prev_u8 = None
             if prev is not None:
-                # The previous key frame 1..5 stored frames (0.1..0.5 s) back; 15% of the time an unrelated frame,
+                # The previous key frame 1..10 stored frames (0.1..1 s) back; 15% of the time an unrelated frame,
                 # as after a cut, so that the adapter learns to ignore a memory that does not fit.
                 g = torch.randint(0, prev.shape[1], (bs,), device=device, generator=gen)
                 pi = prev[fi, g]
@@ -771,12 +792,23 @@ def model_card(results, args, presets):
              f"(weight {args.feat_beta}; student connector output projected to the teacher's width vs the teacher's "
              "tokens pooled to the student's grid)",
              f"- steps: teacher {r['teacher']['train']['steps']}, student {r['student']['train']['steps']}, "
-             f"baseline {r['baseline']['train']['steps']}; seed {args.seed}", "",
+             f"baseline {r['baseline']['train']['steps']}; seed {args.seed}"]
+    if "temporal_train" in r["student"]:
+        lines.append(
+            f"- temporal adapter ({args.temporal_heads} heads, gate initialised at 0): "
+            f"{'the whole student' if args.temporal_full else 'the adapter alone'} trained "
+            f"{r['student']['temporal_train']['steps']} steps at lr {args.lr_temporal} on "
+            f"{r['data'].get('temporal_frames', 0)} frames of {args.temporal_scenarios} dense clips (seeds "
+            f"{args.temporal_seed}.., every 3rd frame), the memory being a frame 0.1-1 s earlier (15%: an unrelated "
+            "frame). Evaluated with the previous stored held-out frame (1 s earlier) as its memory")
+    lines += ["",
              "## Results on held-out scenarios (transformers, greedy)", "",
              "| model | mean field accuracy | exact match | " + " | ".join(FIELDS) + " |",
              "| --- | --- | --- | " + " | ".join("---" for _ in FIELDS) + " |"]
-    for k in ["teacher", "student", "baseline"]:
-        e = r[k]["eval"]
+    rows = [(k, r[k]["eval"]) for k in ["teacher", "student", "baseline"]]
+    if "eval_temporal" in r["student"]:
+        rows.append(("student + temporal adapter (shipped)", r["student"]["eval_temporal"]))
+    for k, e in rows:
         lines.append(f"| {k} | {e['mean_field_accuracy']:.4f} | {e['exact_match']:.4f} | " +
                      " | ".join(f"{e['per_field'][f]:.3f}" for f in FIELDS) + " |")
     lines += ["", "Fast head (student), recall / precision at 0.5: " +
@@ -809,7 +841,11 @@ def recipe(args):
         for role, size in sizes.items():
             run_simdump(args.simdump, work / f"train_{size}", args.seed, args.scenarios, args.frames, args.every, size)
             run_simdump(args.simdump, work / f"eval_{size}", args.eval_seed, args.eval_scenarios, args.frames,
-                        args.every * 3, size)
+                        args.eval_every, size)
+        if args.temporal_s > 0:
+            # Dense clips (every 3rd frame, 0.1 s apart) for the temporal adapter: it needs previous key frames.
+            run_simdump(args.simdump, work / f"temporal_{sizes['student']}", args.temporal_seed,
+                        args.temporal_scenarios, args.frames, 3, sizes["student"])
     if WORLD > 1:
         torch.distributed.barrier()
     train = {k: Split(work / f"train_{s}") for k, s in sizes.items()}
@@ -820,7 +856,15 @@ def recipe(args):
     log(f"data: {len(train['student'])} training frames, {len(held['student'])} held-out frames")
 
     # 2. Tokenizer (trained on the training split's language only).
-    tok = build_tokenizer(scenario_corpus([train["student"]]), args.vocab)
+    # Saved on the first run, so that a resumed run (another command) gets exactly the same ids.
+    tok_path = work / "tokenizer.json"
+    if tok_path.exists():
+        from tokenizers import Tokenizer
+        tok = Tokenizer.from_file(str(tok_path))
+    else:
+        tok = build_tokenizer(scenario_corpus([train["student"]]), args.vocab)
+        if RANK == 0:
+            tok.save(str(tok_path))
     hf = hf_tokenizer(tok)
     ids = token_ids(hf)
     vocab = len(hf)
@@ -841,41 +885,68 @@ def recipe(args):
             f"GFLOP/frame, {models[role].tokens_per_image} visual tokens, sequences of {seqs[role].length}")
 
     # 3. Teacher.
+    weights = {k: torch.from_numpy(balance_weights(train[k])).float().to(device) if args.balance else None
+               for k in train}
     results["teacher"]["train"] = train_phase("teacher", models["teacher"], data["teacher"], seqs["teacher"],
                                               hazards["teacher"], args, args.teacher_s, args.lr_teacher,
-                                              ckpt=work / "teacher.pt")
+                                              ckpt=work / "teacher.pt", weights=weights["teacher"])
+    if args.stop_after == "teacher":
+        # One command of at most 10 minutes per phase: the next command resumes from work/teacher.pt.
+        if RANK == 0:
+            evaluate("teacher", models["teacher"], hdata["teacher"], held["teacher"], hseqs["teacher"], hf, ids)
+        return
     # 4. Student distilled from the teacher; 5. the same student without the teacher.
     results["student"]["train"] = train_phase("student", models["student"], data["student"], seqs["student"],
                                               hazards["student"], args, args.student_s, args.lr,
                                               teacher=models["teacher"],
                                               teacher_data=data["teacher"], teacher_seqs=seqs["teacher"],
-                                              ckpt=work / "student.pt")
+                                              ckpt=work / "student.pt", weights=weights["student"])
     torch.manual_seed(args.seed + 1)  # the same initialisation as the student
     base = RoadVLM(make_config(presets["student"], vocab, ids)).to(device)
     results["baseline"] = dict(params=count_params(base), vision_gflops=vision_gflops(presets["student"]))
     # The baseline gets exactly the student's steps (same samples seen), not its wall time.
     results["baseline"]["train"] = train_phase("baseline", base, data["student"], seqs["student"], hazards["student"],
                                                args, args.student_s, args.lr, ckpt=work / "baseline.pt",
-                                               fixed_steps=results["student"]["train"]["steps"])
+                                               fixed_steps=results["student"]["train"]["steps"],
+                                               weights=weights["student"])
     # 5b. The temporal adapter, fine-tuned into the distilled student on (previous key frame, frame) pairs.
-    prev_train = prev_held = None
+    # The distilled student as it was before the adapter phase: distillation is judged on it (the baseline gets
+    # no adapter phase).
+    distilled = copy.deepcopy(models["student"])
+    prev_held = None
     if args.temporal_s > 0:
         models["student"].add_temporal(args.temporal_heads)
-        prev_train = torch.from_numpy(previous_frames(train["student"])).to(device)
+        if not args.temporal_full:  # only the adapter learns: the distilled student's weights are kept
+            models["student"].vlm.requires_grad_(False)
+            models["student"].fast_head.requires_grad_(False)
+        tsplit = Split(work / f"temporal_{sizes['student']}")
+        prev_t = torch.from_numpy(previous_frames(tsplit)).to(device)
         prev_held = torch.from_numpy(previous_frames(held["student"])).to(device)
         results["student"]["temporal_train"] = train_phase(
-            "temporal", models["student"], data["student"], seqs["student"], hazards["student"], args,
-            args.temporal_s, args.lr * 0.3, ckpt=work / "temporal.pt", prev=prev_train)
+            "temporal", models["student"], frames_to_device(tsplit, device),
+            Sequences(tsplit, hf, ids, models["student"].tokens_per_image, device),
+            torch.from_numpy(tsplit.hazard_matrix()).to(device), args, args.temporal_s, args.lr_temporal,
+            ckpt=work / "temporal.pt", prev=prev_t)
+        results["data"]["temporal_frames"] = len(tsplit)
     if RANK != 0:
         return
-    # 6. Held-out evaluation.
-    for role, m in [("teacher", models["teacher"]), ("student", models["student"]), ("baseline", base)]:
+    # 6. Held-out evaluation. With an adapter, the shipped student is evaluated with its memory (the previous
+    # stored frame of the same scenario) and without it.
+    evals = [("teacher", models["teacher"], None), ("student", distilled, None), ("baseline", base, None)]
+    if args.temporal_s > 0:
+        evals += [("student_temporal", models["student"], prev_held)]
+    for role, m, pv in evals:
         key = "teacher" if role == "teacher" else "student"
-        results[role]["eval"] = evaluate(role, m, hdata[key], held[key], hseqs[key], hf, ids,
-                                         prev=prev_held if role == "student" else None)
+        res = evaluate(role, m, hdata[key], held[key], hseqs[key], hf, ids, prev=pv)
+        if role == "student_temporal":
+            results["student"]["eval_temporal"] = res
+        else:
+            results[role]["eval"] = res
     t, s, b = (results[k]["eval"]["mean_field_accuracy"] for k in ["teacher", "student", "baseline"])
     results["summary"] = dict(teacher=t, student=s, baseline=b, student_over_teacher=s / max(t, 1e-9),
                               distillation_gain=s - b, seconds=time.time() - t_all)
+    if "eval_temporal" in results["student"]:
+        results["summary"]["student_temporal"] = results["student"]["eval_temporal"]["mean_field_accuracy"]
     log("summary:", json.dumps(results["summary"]))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     # 7. Export the student (and the baseline, for side-by-side eval in edgevlm) + golden tensors.
@@ -902,18 +973,26 @@ def main():
     r.add_argument("--out", required=True, help="exported models, golden tensors, results.json")
     r.add_argument("--smoke", action="store_true", help="tiny shapes and data, a few steps: checks the whole path")
     r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--scenarios", type=int, default=900)
+    r.add_argument("--scenarios", type=int, default=10000)
     r.add_argument("--frames", type=int, default=150, help="frames simulated per scenario")
-    r.add_argument("--every", type=int, default=3, help="keep every Nth frame")
+    r.add_argument("--every", type=int, default=30,
+                   help="keep every Nth frame (30: 5 frames a scenario; many scenarios beat many frames of few)")
     r.add_argument("--eval-seed", type=int, default=1_000_000)
-    r.add_argument("--eval-scenarios", type=int, default=100)
+    r.add_argument("--eval-scenarios", type=int, default=300)
+    r.add_argument("--eval-every", type=int, default=30, help="keep every Nth frame of the held-out scenarios")
+    r.add_argument("--temporal-seed", type=int, default=2_000_000)
+    r.add_argument("--temporal-scenarios", type=int, default=300, help="dense clips for the temporal adapter")
+    r.add_argument("--no-balance", dest="balance", action="store_false",
+                   help="draw training frames uniformly (default: rare field values are drawn more often)")
+    r.add_argument("--stop-after", choices=["teacher"], default=None,
+                   help="stop after this phase (and its evaluation); a later run resumes")
     r.add_argument("--vocab", type=int, default=700)
     r.add_argument("--batch", type=int, default=128)
     r.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of the student and the baseline")
     r.add_argument("--lr-teacher", type=float, default=4e-4)
     r.add_argument("--steps", type=int, default=0, help="fixed steps per phase (0: the time budgets below)")
-    r.add_argument("--teacher-s", type=float, default=200)
-    r.add_argument("--student-s", type=float, default=100)
+    r.add_argument("--teacher-s", type=float, default=440)
+    r.add_argument("--student-s", type=float, default=200)
     r.add_argument("--kd-temp", type=float, default=2.0)
     r.add_argument("--kd-alpha", type=float, default=0.5)
     r.add_argument("--feat-beta", type=float, default=1.0)
@@ -921,10 +1000,15 @@ def main():
     r.add_argument("--ckpt-every-s", type=float, default=60, help="checkpoint interval within a phase")
     r.add_argument("--temporal-s", type=float, default=0, help="fine-tune a temporal adapter into the student (s)")
     r.add_argument("--temporal-heads", type=int, default=4)
+    r.add_argument("--lr-temporal", type=float, default=9e-4, help="peak learning rate of the adapter phase")
+    r.add_argument("--temporal-full", action="store_true",
+                   help="fine-tune the whole student in the adapter phase (default: the adapter alone; the whole "
+                        "student overfits the 300 dense clips and loses accuracy)")
     args = ap.parse_args()
     if args.cmd == "recipe":
         if args.smoke:
             args.scenarios, args.frames, args.eval_scenarios, args.vocab = 12, 30, 4, 400
+            args.eval_every, args.temporal_scenarios = 9, 3
             args.steps, args.batch = 20, 16
             args.temporal_heads = 1
         recipe(args)

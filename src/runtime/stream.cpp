@@ -115,7 +115,7 @@ std::map<std::string, std::string> StreamPipeline::current_fields() const {
   return fields_;
 }
 
-Status StreamPipeline::run(const StreamEventCallback& on_event) {
+Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFrameCallback& on_frame) {
   if (!(opt_.language_hz > 0 && opt_.language_hz <= 1000)) return InvalidArgument("language rate must be in (0, 1000] Hz");
   if (opt_.queue_frames < 1 || opt_.queue_frames > 1024) return InvalidArgument("frame queue must hold 1..1024 frames");
   if (opt_.hysteresis < 1 || opt_.hysteresis > 100) return InvalidArgument("hysteresis must be in [1, 100]");
@@ -222,6 +222,15 @@ Status StreamPipeline::run(const StreamEventCallback& on_event) {
         if (key) ++stats_.keyframes;
         // Accuracy of what the system believes at this frame against the truth (simulator sources).
         if (q.f.truth.is_object()) score_frame_locked(truth_fields(q.f.truth), q.f.pts_s);
+      }
+      if (on_frame) {
+        StreamFrameInfo info;
+        info.keyframe = key;
+        info.distance = dist;
+        if (!enc->fast_head.empty()) info.fast_head = enc->fast_head[0];
+        info.alerts = alert;
+        info.vision_latency_s = done - q.capture_wall;
+        on_frame(q.f, info);
       }
       if (key) {
         emit({"keyframe", q.f.index, q.f.pts_s, 0, {{"distance", dist}}});

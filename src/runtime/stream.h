@@ -59,6 +59,17 @@ struct StreamEvent {
 };
 using StreamEventCallback = std::function<void(const StreamEvent&)>;
 
+// What the vision stage knows of one frame once it is through (for overlays and recorders).
+struct StreamFrameInfo {
+  bool keyframe = false;
+  double distance = 0;                 // to the anchor (cosine distance of the pooled vision features)
+  std::vector<float> fast_head;        // the fast head's probabilities (empty without a fast head)
+  std::vector<bool> alerts;            // the alert state per fast-head class after hysteresis
+  double vision_latency_s = 0;         // capture -> vision done
+};
+// Called on the vision thread after every frame; it must not block for long (hand the frame to a queue).
+using StreamFrameCallback = std::function<void(const VideoFrame&, const StreamFrameInfo&)>;
+
 struct StreamStats {
   int64_t frames_in = 0, frames_vision = 0, frames_dropped = 0;
   int64_t keyframes = 0, keyframes_superseded = 0, language_runs = 0, semantic_updates = 0;
@@ -82,8 +93,9 @@ struct StreamStats {
 class StreamPipeline {
  public:
   StreamPipeline(Engine& engine, VideoSource& source, StreamOptions opt);
-  // Runs until the source ends (or stop()); returns the first error of any stage. on_event may be null.
-  Status run(const StreamEventCallback& on_event);
+  // Runs until the source ends (or stop()); returns the first error of any stage. on_event and on_frame may be
+  // null.
+  Status run(const StreamEventCallback& on_event, const StreamFrameCallback& on_frame = nullptr);
   void stop() { stop_.store(true); }
   // A snapshot (thread-safe) for status lines while run() is going.
   StreamStats stats() const;
