@@ -5,6 +5,7 @@ PKGS=(build-essential cmake ninja-build pkg-config
       libdnnl-dev nlohmann-json3-dev libpcre2-dev libcli11-dev
       libjpeg62-turbo-dev libpng-dev
       libavformat-dev libavcodec-dev libswscale-dev libavutil-dev libavdevice-dev
+      libfreetype-dev fonts-dejavu-core
       googletest libgtest-dev libgmock-dev libbenchmark-dev)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -26,15 +26,37 @@ double cosine_distance(const std::vector<float>& a, const std::vector<float>& b)
   return 1.0 - dot / std::sqrt(na * nb);
 }
 
-bool KeyframeAnchor::update(const std::vector<float>& pooled, double t_s, double* distance) {
+const char* key_reason_name(KeyReason r) {
+  switch (r) {
+    case KeyReason::kFirst: return "first";
+    case KeyReason::kChange: return "change";
+    case KeyReason::kHazard: return "hazard";
+    case KeyReason::kAge: return "age";
+    default: return "none";
+  }
+}
+
+KeyReason KeyframeAnchor::decide(const std::vector<float>& pooled, const std::vector<float>* hazards, double t_s,
+                                 double* distance) {
   const double d = anchor_.empty() ? 1.0 : cosine_distance(pooled, anchor_);
   if (distance) *distance = d;
-  const bool key = anchor_.empty() || d >= opt_.threshold || t_s - anchor_t_ >= opt_.max_age_s;
-  if (key) {
+  KeyReason why = KeyReason::kNone;
+  if (anchor_.empty()) {
+    why = KeyReason::kFirst;
+  } else if (d >= opt_.threshold) {
+    why = KeyReason::kChange;
+  } else if (opt_.hazard_delta > 0 && hazards && hazards->size() == anchor_hazards_.size()) {
+    for (size_t c = 0; c < hazards->size() && why == KeyReason::kNone; ++c)
+      if (std::fabs((*hazards)[c] - anchor_hazards_[c]) >= opt_.hazard_delta) why = KeyReason::kHazard;
+  }
+  if (why == KeyReason::kNone && t_s - anchor_t_ >= opt_.max_age_s) why = KeyReason::kAge;
+  if (why != KeyReason::kNone) {
     anchor_ = pooled;
     anchor_t_ = t_s;
+    if (hazards) anchor_hazards_ = *hazards;
+    else anchor_hazards_.clear();
   }
-  return key;
+  return why;
 }
 
 }  // namespace ev

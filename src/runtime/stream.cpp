@@ -107,18 +107,26 @@ StreamPipeline::StreamPipeline(Engine& engine, VideoSource& source, StreamOption
 
 StreamStats StreamPipeline::stats() const {
   std::lock_guard<std::mutex> lk(stats_mu_);
-  return stats_;
+  StreamStats s = stats_;
+  s.truth_frames = scorer_.truth_frames;
+  s.field_correct = scorer_.field_correct;
+  s.flicker = scorer_.flicker;
+  s.flicker_raw = scorer_.flicker_raw;
+  s.event_delay_s = scorer_.event_delay_s;
+  s.events_missed = scorer_.events_missed;
+  return s;
 }
 
 std::map<std::string, std::string> StreamPipeline::current_fields() const {
   std::lock_guard<std::mutex> lk(stats_mu_);
-  return fields_;
+  return stab_.fields();
 }
 
 Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFrameCallback& on_frame) {
   if (!(opt_.language_hz > 0 && opt_.language_hz <= 1000)) return InvalidArgument("language rate must be in (0, 1000] Hz");
   if (opt_.queue_frames < 1 || opt_.queue_frames > 1024) return InvalidArgument("frame queue must hold 1..1024 frames");
   if (opt_.hysteresis < 1 || opt_.hysteresis > 100) return InvalidArgument("hysteresis must be in [1, 100]");
+  if (opt_.vote_window < 1 || opt_.vote_window > 100) return InvalidArgument("vote window must be in [1, 100]");
   if (!(opt_.keyframe.threshold >= 0) || !(opt_.keyframe.max_age_s > 0))
     return InvalidArgument("key-frame threshold must be >= 0 and the maximum age > 0");
   const std::string prompt = opt_.prompt.empty() ? engine_.describe_prompt() : opt_.prompt;
@@ -131,9 +139,8 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
     std::lock_guard<std::mutex> lk(stats_mu_);
     stats_ = StreamStats();
     stats_.source_fps = source_.fps();
-    fields_.clear();
-    last_truth_.clear();
-    pending_.clear();
+    stab_ = FieldStabilizer(opt_.hysteresis, opt_.vote_window);
+    scorer_ = TruthScorer();
   }
   std::mutex ev_mu;  // events come from three threads; the callback sees them one at a time
   auto emit = [&](StreamEvent e) {
@@ -212,16 +219,18 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
       const int64_t P = vision_out.dim(1), C = vision_out.dim(2);
       std::vector<float> pooled = mean_pool(vision_out.data_as<const float>(), P, C);
       double dist = 0;
-      const bool key = anchor.update(pooled, q.f.pts_s, &dist);
+      const KeyReason why =
+          anchor.decide(pooled, enc->fast_head.empty() ? nullptr : &enc->fast_head[0], q.f.pts_s, &dist);
+      const bool key = why != KeyReason::kNone;
       const double done = now_s();
       {
         std::lock_guard<std::mutex> lk(stats_mu_);
         ++stats_.frames_vision;
-        stats_.vision_latency_s.push_back(done - q.capture_wall);
-        if (stats_.last_described_pts >= 0) stats_.staleness_s.push_back(q.f.pts_s - stats_.last_described_pts);
+        stats_.vision_latency_s.add(done - q.capture_wall);
+        if (stats_.last_described_pts >= 0) stats_.staleness_s.add(q.f.pts_s - stats_.last_described_pts);
         if (key) ++stats_.keyframes;
         // Accuracy of what the system believes at this frame against the truth (simulator sources).
-        if (q.f.truth.is_object()) score_frame_locked(truth_fields(q.f.truth), q.f.pts_s);
+        if (q.f.truth.is_object()) scorer_.on_frame(stab_.fields(), truth_fields(q.f.truth), q.f.pts_s);
       }
       if (on_frame) {
         StreamFrameInfo info;
@@ -233,7 +242,7 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
         on_frame(q.f, info);
       }
       if (key) {
-        emit({"keyframe", q.f.index, q.f.pts_s, 0, {{"distance", dist}}});
+        emit({"keyframe", q.f.index, q.f.pts_s, 0, {{"distance", dist}, {"reason", key_reason_name(why)}}});
         KeyFrame k;
         if (temporal) memory = enc->raw_embeds;
         k.enc = std::move(enc).value();
@@ -258,9 +267,6 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
     g.image_splitting = 0;
     const auto period = std::chrono::duration<double>(1.0 / opt_.language_hz);
     auto next_tick = std::chrono::steady_clock::now();
-    std::map<std::string, std::pair<std::string, int>> candidate;  // field -> (value, consecutive count)
-    std::map<std::string, std::string> prev_out, prev_truth;
-    bool have_prev = false;
     for (;;) {
       {
         std::unique_lock<std::mutex> lk(wake_mu);
@@ -288,46 +294,15 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
       {
         std::lock_guard<std::mutex> lk(stats_mu_);
         ++stats_.language_runs;
-        stats_.language_run_s.push_back(te - ts);
-        stats_.language_latency_s.push_back(te - k->capture_wall);
+        stats_.language_run_s.add(te - ts);
+        stats_.language_latency_s.add(te - k->capture_wall);
         stats_.last_described_pts = k->pts_s;
-        // Flicker: a raw output field that changed between consecutive runs while its truth did not.
-        const auto truth = truth_fields(k->truth);
-        if (have_prev && !truth.empty())
-          for (const auto& [f, v] : out) {
-            auto po = prev_out.find(f);
-            auto pt = prev_truth.find(f);
-            auto tt = truth.find(f);
-            if (po != prev_out.end() && po->second != v && pt != prev_truth.end() && tt != truth.end() &&
-                pt->second == tt->second)
-              ++stats_.flicker_raw[f];
-          }
-        // Output stabilisation: a field changes after opt_.hysteresis consecutive outputs agree on the new value.
-        const std::map<std::string, std::string> before = fields_;
-        for (const auto& [f, v] : out) {
-          auto cur = fields_.find(f);
-          if (cur != fields_.end() && cur->second == v) {
-            candidate.erase(f);
-            continue;
-          }
-          auto& c = candidate[f];
-          c = c.first == v ? std::make_pair(v, c.second + 1) : std::make_pair(v, 1);
-          if (c.second >= opt_.hysteresis) {
-            fields_[f] = v;
-            candidate.erase(f);
-            changed.push_back(f);
-            // Flicker of what the pipeline reports: a change while the truth stayed the same since the last run.
-            auto pt = prev_truth.find(f);
-            auto tt = truth.find(f);
-            if (have_prev && before.count(f) && pt != prev_truth.end() && tt != truth.end() && pt->second == tt->second)
-              ++stats_.flicker[f];
-          }
-        }
+        // Output stabilisation, then flicker against the truth of the described frame.
+        const Fields before = stab_.fields();
+        changed = stab_.update(out);
+        scorer_.on_output(out, changed, before, truth_fields(k->truth));
         if (!changed.empty()) ++stats_.semantic_updates;
-        fields_now = fields_;
-        prev_out = out;
-        prev_truth = truth;
-        have_prev = true;
+        fields_now = stab_.fields();
       }
       if (!changed.empty()) {
         std::string text = r->text;
@@ -349,28 +324,6 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
   }
   stop_.store(false);
   return first_error;
-}
-
-void StreamPipeline::score_frame_locked(const std::map<std::string, std::string>& want, double pts) {
-  if (want.empty()) return;
-  ++stats_.truth_frames;
-  for (const auto& [f, v] : want) {
-    auto h = fields_.find(f);
-    const bool ok = h != fields_.end() && h->second == v;
-    if (ok) ++stats_.field_correct[f];
-    // Event delay: from a change of the truth to the first frame whose output shows the new value.
-    auto last = last_truth_.find(f);
-    if (last != last_truth_.end() && last->second != v) {
-      if (pending_.count(f)) ++stats_.events_missed;  // the previous change was never shown
-      pending_[f] = pts;
-    }
-    last_truth_[f] = v;
-    auto p = pending_.find(f);
-    if (p != pending_.end() && ok) {
-      stats_.event_delay_s.push_back(pts - p->second);
-      pending_.erase(p);
-    }
-  }
 }
 
 }  // namespace ev

@@ -26,10 +26,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/histogram.h"
 #include "core/status.h"
 #include "perception/keyframe.h"
 #include "perception/video_source.h"
 #include "runtime/engine.h"
+#include "runtime/semantic_state.h"
 
 namespace ev {
 
@@ -38,6 +40,7 @@ struct StreamOptions {
   KeyframeOptions keyframe;
   int queue_frames = 2;         // frame queue capacity
   int hysteresis = 1;           // a field takes a new value after this many consecutive outputs agree (1: at once)
+  int vote_window = 1;          // each field's candidate is the majority of its last N outputs (1: the last)
   int max_tokens = 64;
   std::string prompt;           // empty: config.json's edgevlm.task.describe_prompt, else "Describe the scene."
   double alert_on = 0.5, alert_off = 0.4;  // fast-head hysteresis thresholds (on: the head's threshold if set)
@@ -73,11 +76,13 @@ using StreamFrameCallback = std::function<void(const VideoFrame&, const StreamFr
 struct StreamStats {
   int64_t frames_in = 0, frames_vision = 0, frames_dropped = 0;
   int64_t keyframes = 0, keyframes_superseded = 0, language_runs = 0, semantic_updates = 0;
-  std::vector<double> vision_latency_s;    // capture -> vision done, per frame
-  std::vector<double> language_latency_s;  // key frame capture -> semantic output, per language run
-  std::vector<double> language_run_s;      // the text model's own time per run
-  std::vector<double> staleness_s;         // per vision frame: its capture time minus the capture time of the
-                                           // frame behind the current semantic output
+  // Distributions as fixed-size histograms (core/histogram.h): a snapshot costs the same after 10 hours as after
+  // 10 seconds.
+  Histogram vision_latency_s;    // capture -> vision done, per frame
+  Histogram language_latency_s;  // key frame capture -> semantic output, per language run
+  Histogram language_run_s;      // the text model's own time per run
+  Histogram staleness_s;         // per vision frame: its capture time minus the capture time of the frame behind
+                                 // the current semantic output
   double wall_s = 0;
   double source_fps = 0;
   double last_described_pts = -1;          // pts of the frame behind the current semantic output
@@ -107,14 +112,10 @@ class StreamPipeline {
   VideoSource& source_;
   StreamOptions opt_;
   std::atomic<bool> stop_{false};
-  // Scores the current output against one frame's truth; stats_mu_ held.
-  void score_frame_locked(const std::map<std::string, std::string>& want, double pts);
-
   mutable std::mutex stats_mu_;
   StreamStats stats_;
-  std::map<std::string, std::string> fields_;       // the current (stabilised) semantic output
-  std::map<std::string, std::string> last_truth_;   // truth at the previous scored frame
-  std::map<std::string, double> pending_;           // field -> pts of a truth change not shown yet
+  FieldStabilizer stab_;   // the current (stabilised) semantic output
+  TruthScorer scorer_;     // against the truth (sources that carry it)
 };
 
 }  // namespace ev

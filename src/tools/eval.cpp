@@ -1,6 +1,7 @@
 #include "tools/eval.h"
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <map>
@@ -8,8 +9,10 @@
 #include "core/clock.h"
 #include "perception/image.h"
 #include "runtime/engine.h"
+#include "runtime/semantic_state.h"
 #include "sim/simulator.h"
 #include "tools/report.h"
+#include "tools/sim_frames.h"
 
 namespace ev {
 
@@ -18,15 +21,6 @@ namespace {
 struct Counts {
   int64_t tp = 0, fp = 0, fn = 0, positives = 0;
 };
-
-Image to_image(const sim::Frame& f) {
-  Image img;
-  img.width = f.width;
-  img.height = f.height;
-  img.channels = 3;
-  img.rgb = f.rgb;
-  return img;
-}
 
 Status check(const EvalOptions& o) {
   if (o.model.empty()) return InvalidArgument("--model is required");
@@ -55,6 +49,29 @@ void add_eval_options(CLI::App& app, EvalOptions& o) {
   app.add_flag("--json", o.json, "print the JSON result instead of the table");
   app.add_option("--out", o.out, "also write the JSON result to this file");
   app.add_flag_callback("--no-progress", [&o] { o.progress = false; }, "no status line on stderr");
+  app.add_flag("--replay", o.replay,
+               "replay every frame through the stream policy (key frames, language cadence, temporal adapter, "
+               "hysteresis) in stream time, against the same model frame by frame: accuracy, flicker, event delay");
+  app.add_option("--language-hz", o.language_hz, "--replay: language cadence (Hz)");
+  app.add_option("--keyframe-threshold", o.thresholds, "--replay: key-frame threshold(s), comma-separated")
+      ->delimiter(',');
+  app.add_option("--keyframe-max-age", o.max_ages, "--replay: maximum anchor age(s) in seconds, comma-separated")
+      ->delimiter(',');
+  app.add_option("--keyframe-hazard-delta", o.hazard_deltas,
+                 "--replay: fast-head probability change(s) that make a key frame (0: off), comma-separated")
+      ->delimiter(',');
+  app.add_option("--hysteresis", o.hysteresis, "--replay: hysteresis setting(s), comma-separated")->delimiter(',');
+  app.add_option("--vote-window", o.vote_windows,
+                 "--replay: majority-vote window(s) over each field's last outputs, comma-separated")
+      ->delimiter(',');
+  app.add_option("--gated", o.gated,
+                 "--replay: 1: hysteresis only for outputs of frames whose scene did not change; 0: always; "
+                 "comma-separated")
+      ->delimiter(',');
+  app.add_flag("--no-temporal", o.no_temporal, "--replay: do not apply the model's temporal adapter");
+  app.add_option("--clip", o.clips, "--replay: also report key-frame rates on this video (repeatable)");
+  app.add_option("--latency-frames", o.latency_frames,
+                 "--replay: frames between a described frame and the frame its output is reported from");
 }
 
 Result<nlohmann::json> eval_json(const EvalOptions& o) {
@@ -104,6 +121,7 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
   StatusLine sl("eval", o.progress && !o.print);
   const double t0 = now_s();
   nlohmann::json per_scenario = nlohmann::json::array();
+  TruthScorer scorer;
   GenerateOptions g;
   g.max_new_tokens = o.max_tokens;
   g.image_splitting = 0;
@@ -112,13 +130,15 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
     sim::Frame f;
     sim::FrameTruth truth;
     int64_t sn = 0, sexact = 0;
+    FieldStabilizer reported;  // the last output of each field, for flicker and event delay
+    scorer.new_sequence();
     if (o.print) std::printf("== scenario %zu (seed %llu, %lld frames)\n", si, static_cast<unsigned long long>(specs[si].seed),
                              static_cast<long long>(specs[si].frames));
     for (int64_t fi = 0; fi < specs[si].frames; fi += o.every) {
       if (fi > 0) simu.skip(o.every - 1);
       if (!simu.next(&f, &truth)) break;
       const double ts = now_s();
-      EV_ASSIGN_OR_RETURN(GenerateResult r, eng->describe({to_image(f)}, prompt, g));
+      EV_ASSIGN_OR_RETURN(GenerateResult r, eng->describe({sim_frame_image(f)}, prompt, g));
       t_model += now_s() - ts;
       const std::map<std::string, std::string> want = sim::description_fields(truth.state);
       auto got = sim::parse_description(r.text);
@@ -131,6 +151,12 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
       }
       exact += all;
       sexact += all;
+      {
+        const Fields out = got.ok() ? *got : Fields{};
+        const Fields before = reported.fields();
+        scorer.on_output(out, reported.update(out), before, want);
+        scorer.on_frame(reported.fields(), want, static_cast<double>(truth.frame) / specs[si].fps);
+      }
       ++n;
       ++sn;
       if (fh && !r.fast_head.empty()) {
@@ -195,6 +221,17 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
     j["fast_head_classes"] = fh->config().classes;
     j["fast_head_threshold"] = fh->config().threshold;
   }
+  scorer.new_sequence();
+  {
+    std::vector<double> d = scorer.event_delay_s;
+    std::sort(d.begin(), d.end());
+    j["flicker"] = scorer.flicker_raw_total();
+    j["flicker_per_field"] = scorer.flicker_raw;
+    j["consecutive_outputs"] = scorer.outputs - static_cast<int64_t>(specs.size());
+    j["events"] = static_cast<int64_t>(d.size()) + scorer.events_missed + scorer.events_open_at_end;
+    j["events_shown"] = d.size();
+    j["event_delay_s"] = {{"p50", d.empty() ? 0.0 : d[d.size() / 2]}, {"max", d.empty() ? 0.0 : d.back()}};
+  }
   j["model_seconds_per_frame"] = t_model / n;
   j["wall_s"] = now_s() - t0;
   return j;
@@ -225,13 +262,19 @@ std::string eval_table(const nlohmann::json& j) {
     }
     o += h.render();
   }
+  if (j.contains("flicker"))
+    o += strf("\nflicker: %lld changes of a field between consecutive evaluated frames while its truth stood "
+              "(%lld pairs); truth changes shown %lld of %lld, delay p50 %.0f ms, max %.0f ms\n",
+              static_cast<long long>(j.value("flicker", 0)), static_cast<long long>(j.value("consecutive_outputs", 0)),
+              static_cast<long long>(j.value("events_shown", 0)), static_cast<long long>(j.value("events", 0)),
+              1e3 * j["event_delay_s"].value("p50", 0.0), 1e3 * j["event_delay_s"].value("max", 0.0));
   o += strf("\nmodel time %s per frame (vision + fast head + description); %lld unparsable answers\n",
             fmt_seconds(j.value("model_seconds_per_frame", 0.0)).c_str(), static_cast<long long>(j.value("unparsed", 0)));
   return o;
 }
 
 Status run_eval(const EvalOptions& o) {
-  EV_ASSIGN_OR_RETURN(nlohmann::json j, eval_json(o));
+  EV_ASSIGN_OR_RETURN(nlohmann::json j, o.replay ? eval_replay_json(o) : eval_json(o));
   if (!o.out.empty()) {
     std::ofstream f(o.out);
     if (!f) return IoError("cannot write " + o.out);
@@ -240,7 +283,7 @@ Status run_eval(const EvalOptions& o) {
   if (o.json)
     std::printf("%s\n", j.dump(2).c_str());
   else
-    std::printf("%s", eval_table(j).c_str());
+    std::printf("%s", (o.replay ? eval_replay_table(j) : eval_table(j)).c_str());
   return Status::Ok();
 }
 

@@ -13,6 +13,9 @@
 // Reported: per-field accuracy, their mean, exact match of all fields, hazard recall and precision per class of
 // the fast head, frames evaluated, and the time per frame. --print shows the model's description for every
 // evaluated frame as the scene unfolds (with the truth beside it where they differ).
+// Flicker (a field's output changing between consecutive evaluated frames while its truth did not) and event
+// delay (a change of a field's truth to the first evaluated frame whose output shows it) are reported too.
+// --replay measures the stream policy instead (see EvalOptions::replay).
 // Random seeds used for evaluation should be held out from training (train/roadvlm.py trains on seeds 1..K and
 // evaluates on 1000000..).
 #pragma once
@@ -45,10 +48,28 @@ struct EvalOptions {
   bool json = false;
   std::string out;
   bool progress = true;
+  // --replay: every frame of each scenario through the stream pipeline's policy in stream time (key-frame
+  // anchoring, language at language_hz on the newest key frame, the temporal adapter, hysteresis), for each
+  // combination of the listed settings, against the same model run frame by frame (language on the newest frame
+  // at the same cadence, and on every frame) without anchoring, adapter or hysteresis. --clip files (real video
+  // without truth) get key-frame rates per setting.
+  bool replay = false;
+  double language_hz = 5;
+  std::vector<double> thresholds = {0.3};   // KeyframeOptions' defaults
+  std::vector<double> max_ages = {2.0};
+  std::vector<double> hazard_deltas = {0.0};
+  std::vector<int> hysteresis = {1};
+  std::vector<int> vote_windows = {1};
+  std::vector<int> gated = {0};  // 0: plain hysteresis, 1: gated by the key frame's reason (FieldStabilizer)
+  bool no_temporal = false;
+  std::vector<std::string> clips;
+  int latency_frames = 1;   // a language output is reported this many frames after the frame it described
 };
 
 void add_eval_options(CLI::App& app, EvalOptions& o);
 Result<nlohmann::json> eval_json(const EvalOptions& o);
+Result<nlohmann::json> eval_replay_json(const EvalOptions& o);  // --replay (tools/eval_replay.cpp)
+std::string eval_replay_table(const nlohmann::json& j);
 std::string eval_table(const nlohmann::json& j);
 Status run_eval(const EvalOptions& o);
 

@@ -11,6 +11,7 @@
 #include "perception/video_writer.h"
 #include "sim/simulator.h"
 #include "tools/report.h"
+#include "tools/sim_frames.h"
 
 namespace ev {
 
@@ -164,11 +165,7 @@ Result<json> sim_json(const SimOptions& o) {
           file = "frames.rgb";
         } else {
           file = frame_file(o, many, spec.seed, t.frame);
-          Image img;
-          img.width = frame.width;
-          img.height = frame.height;
-          img.channels = 3;
-          img.rgb = frame.rgb;
+          const Image img = sim_frame_image(frame);
           const std::string path = o.out + "/" + file;
           EV_RETURN_IF_ERROR(o.format == "png" ? save_png(path, img) : save_ppm(path, img));
         }

@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "core/clock.h"
+#include "perception/overlay.h"
 #include "perception/video_source.h"
 #include "tools/report.h"
 
@@ -42,6 +44,27 @@ Status parse_size(const std::string& s, int* w, int* h) {
   return Status::Ok();
 }
 
+// What the overlay shows on one frame. `described_pts`: pts of the key frame behind the last semantic update
+// (< 0: none yet).
+OverlayState overlay_state(const VideoFrame& f, const StreamFrameInfo& info, const FastHead* head,
+                           std::map<std::string, std::string> fields, std::string text, double described_pts) {
+  OverlayState s;
+  s.fields = std::move(fields);
+  s.text = std::move(text);
+  for (size_t i = 0; i < info.alerts.size(); ++i) {
+    if (!info.alerts[i]) continue;
+    const auto* classes = head ? &head->config().classes : nullptr;
+    s.alerts.push_back({classes && i < classes->size() ? (*classes)[i] : "class " + std::to_string(i),
+                        i < info.fast_head.size() ? info.fast_head[i] : 0.0f});
+  }
+  s.keyframe = info.keyframe;
+  s.frame = f.index;
+  s.pts_s = f.pts_s;
+  s.vision_latency_s = info.vision_latency_s;
+  s.staleness_s = described_pts >= 0 ? std::max(0.0, f.pts_s - described_pts) : -1.0;
+  return s;
+}
+
 }  // namespace
 
 void add_stream_options(CLI::App& app, StreamToolOptions& o) {
@@ -56,7 +79,12 @@ void add_stream_options(CLI::App& app, StreamToolOptions& o) {
       ->check(CLI::Range(0.0, 2.0));
   app.add_option("--keyframe-max-age", o.keyframe_max_age, "seconds after which the anchor is renewed anyway")
       ->check(CLI::Range(0.001, 3600.0));
+  app.add_option("--keyframe-hazard-delta", o.keyframe_hazard_delta,
+                 "a fast-head probability change since the anchor that makes a key frame (0: off)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--hysteresis", o.hysteresis, "consecutive agreeing outputs before a field changes (1: at once)")
+      ->check(CLI::Range(1, 100));
+  app.add_option("--vote-window", o.vote_window, "each field follows the majority of its last N outputs (1: the last)")
       ->check(CLI::Range(1, 100));
   app.add_flag("--no-temporal", o.no_temporal, "do not apply the model's temporal adapter");
   app.add_flag("--realtime", o.realtime, "play files at their own frame rate, as a camera delivers them");
@@ -71,9 +99,17 @@ void add_stream_options(CLI::App& app, StreamToolOptions& o) {
   app.add_option("--precision", o.precision, "compute precision: auto, f32 or bf16");
   app.add_option("--max-tokens", o.max_tokens, "maximum tokens of a description")->check(CLI::Range(1, 4096));
   app.add_flag_callback("--no-progress", [&o] { o.progress = false; }, "no status line on stderr");
+  app.add_option("--overlay", o.overlay,
+                 "write the frames with fields, alerts, key frames and timings drawn on them to this video file "
+                 "(.mp4, .mkv, .avi)");
+  app.add_option("--overlay-font", o.overlay_font, "TrueType / OpenType font of the overlay (default DejaVu Sans)");
 }
 
 Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
+  if (!o.overlay.empty()) {  // a missing font fails before the model loads, not at the first frame
+    auto font = TextRenderer::open(o.overlay_font);
+    if (!font.ok()) return font.status().with_context("--overlay " + o.overlay);
+  }
   EngineOptions eo;
   eo.threads = o.threads;
   eo.text_threads = o.text_threads;
@@ -92,7 +128,9 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   sopt.language_hz = o.language_hz;
   sopt.keyframe.threshold = o.keyframe_threshold;
   sopt.keyframe.max_age_s = o.keyframe_max_age;
+  sopt.keyframe.hazard_delta = o.keyframe_hazard_delta;
   sopt.hysteresis = o.hysteresis;
+  sopt.vote_window = o.vote_window;
   sopt.max_tokens = o.max_tokens;
   sopt.drop_when_late = o.realtime;
   sopt.temporal = !o.no_temporal;
@@ -103,6 +141,37 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
     events.open(o.events);
     if (!events) return IoError("cannot write " + o.events);
   }
+  // --overlay: opened at the first frame (its size known then); drawing and encoding run on the recorder's thread.
+  OverlayRecorder overlay;
+  Status overlay_error;      // vision thread until run() returns
+  std::mutex overlay_mu;     // guards the two below (language thread -> vision thread)
+  std::string overlay_text;  // the last semantic update's text
+  double overlay_described_pts = -1;
+  StreamFrameCallback on_frame;
+  if (!o.overlay.empty()) {
+    on_frame = [&](const VideoFrame& f, const StreamFrameInfo& info) {
+      if (!overlay_error.ok()) return;
+      if (!overlay.is_open()) {
+        OverlayRecorderOptions ro;
+        ro.font = o.overlay_font;
+        overlay_error = overlay.open(o.overlay, f.image.width, f.image.height, src->fps() > 0 ? src->fps() : 30.0, ro);
+        if (!overlay_error.ok()) {
+          overlay_error = overlay_error.with_context("--overlay");
+          pipe.stop();
+          return;
+        }
+      }
+      std::string text;
+      double described = -1;
+      {
+        std::lock_guard<std::mutex> lk(overlay_mu);
+        text = overlay_text;
+        described = overlay_described_pts;
+      }
+      overlay.push(f.image,
+                   overlay_state(f, info, eng->fast_head(), pipe.current_fields(), std::move(text), described));
+    };
+  }
   StatusLine sl("stream", o.progress);
   std::atomic<bool> running{true};
   std::thread status([&] {
@@ -111,14 +180,19 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
       const StreamStats st = pipe.stats();
       if (st.frames_vision == 0) continue;
       sl.update("%lld frames, vision p50 %.1f ms p99 %.1f ms, language %lld runs (p50 %.0f ms), key %.0f%%, drops %lld",
-                static_cast<long long>(st.frames_vision), quantile(st.vision_latency_s, 0.5) * 1e3,
-                quantile(st.vision_latency_s, 0.99) * 1e3, static_cast<long long>(st.language_runs),
-                quantile(st.language_latency_s, 0.5) * 1e3,
+                static_cast<long long>(st.frames_vision), st.vision_latency_s.quantile(0.5) * 1e3,
+                st.vision_latency_s.quantile(0.99) * 1e3, static_cast<long long>(st.language_runs),
+                st.language_latency_s.quantile(0.5) * 1e3,
                 100.0 * static_cast<double>(st.keyframes) / static_cast<double>(st.frames_vision),
                 static_cast<long long>(st.frames_dropped));
     }
   });
   Status run = pipe.run([&](const StreamEvent& e) {
+    if (on_frame && e.type == "semantic") {
+      std::lock_guard<std::mutex> lk(overlay_mu);
+      overlay_text = e.data.value("text", std::string());
+      overlay_described_pts = e.pts_s;
+    }
     if (events.is_open()) {
       nlohmann::json j = {{"type", e.type}, {"frame", e.frame}, {"pts_s", e.pts_s}, {"wall_s", e.wall_s}, {"data", e.data}};
       events << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -137,11 +211,14 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
                     e.data.value("p", 0.0));
       std::fflush(stdout);
     }
-  });
+  }, on_frame);
   running.store(false);
   status.join();
   sl.done();
+  const Status overlay_closed = overlay.close();  // VideoWriter messages name the file
   if (!run.ok()) return run;
+  if (!overlay_error.ok()) return overlay_error;
+  if (!overlay_closed.ok()) return overlay_closed.with_context("--overlay");
 
   const StreamStats st = pipe.stats();
   const VideoSourceStats vs = src->stats();
@@ -152,7 +229,9 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   j["precision"] = eng->precision_label();
   j["realtime"] = o.realtime;
   j["language_hz"] = o.language_hz;
-  j["keyframe"] = {{"threshold", o.keyframe_threshold}, {"max_age_s", o.keyframe_max_age}};
+  j["keyframe"] = {{"threshold", o.keyframe_threshold}, {"max_age_s", o.keyframe_max_age},
+                   {"hazard_delta", o.keyframe_hazard_delta}};
+  j["stabiliser"] = {{"hysteresis", o.hysteresis}, {"vote_window", o.vote_window}};
   j["temporal_adapter"] = !o.no_temporal && eng->temporal_adapter() != nullptr;
   j["threads"] = {{"vision", o.threads}, {"language", o.text_threads}};
   j["frames"] = {{"in", st.frames_in}, {"vision", st.frames_vision}, {"dropped", st.frames_dropped},
@@ -160,17 +239,23 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   j["wall_s"] = st.wall_s;
   j["vision_fps"] = st.wall_s > 0 ? static_cast<double>(st.frames_vision) / st.wall_s : 0.0;
   j["source_fps"] = st.source_fps;
-  j["vision_latency_s"] = dist_json(st.vision_latency_s);
+  j["vision_latency_s"] = st.vision_latency_s.summary();
   j["keyframes"] = {{"count", st.keyframes},
                     {"fraction", st.frames_vision ? static_cast<double>(st.keyframes) / st.frames_vision : 0.0},
                     {"superseded", st.keyframes_superseded}};
   j["language"] = {{"runs", st.language_runs},
                    {"hz", st.wall_s > 0 ? static_cast<double>(st.language_runs) / st.wall_s : 0.0},
                    {"semantic_updates", st.semantic_updates},
-                   {"latency_s", dist_json(st.language_latency_s)},
-                   {"run_s", dist_json(st.language_run_s)}};
-  j["staleness_s"] = dist_json(st.staleness_s);
+                   {"latency_s", st.language_latency_s.summary()},
+                   {"run_s", st.language_run_s.summary()}};
+  j["staleness_s"] = st.staleness_s.summary();
   j["current"] = pipe.current_fields();
+  if (!o.overlay.empty())
+    j["overlay"] = {{"file", o.overlay},
+                    {"width", overlay.width()},
+                    {"height", overlay.height()},
+                    {"frames_written", overlay.written()},
+                    {"frames_dropped", overlay.dropped()}};
   if (st.truth_frames > 0) {
     nlohmann::json acc = nlohmann::json::object();
     double mean = 0;
@@ -214,6 +299,12 @@ std::string stream_table(const nlohmann::json& j) {
   t.add_row({"language latency p50 / p99", ms(l["latency_s"], "p50") + " / " + ms(l["latency_s"], "p99")});
   t.add_row({"language run time p50", ms(l["run_s"], "p50")});
   t.add_row({"staleness p50 / p99", ms(j["staleness_s"], "p50") + " / " + ms(j["staleness_s"], "p99")});
+  if (j.contains("overlay")) {
+    const auto& ov = j["overlay"];
+    t.add_row({"overlay video", strf("%s: %lld frames written, %lld dropped", ov.value("file", "").c_str(),
+                                     static_cast<long long>(ov.value("frames_written", 0)),
+                                     static_cast<long long>(ov.value("frames_dropped", 0)))});
+  }
   if (j.contains("truth")) {
     const auto& tr = j["truth"];
     t.add_separator();
