@@ -19,11 +19,12 @@
 namespace ev {
 
 // Defaults from `edgevlm eval --replay` on 30 held-out scenarios and the two real clips (bench/BENCHMARKS.md,
-// "Key-frame defaults"): 0.3 / 2 s makes 2.6% of simulated and 2.3-2.6% of real frames key frames and cuts flicker
-// 5.6x against frame-by-frame description at the same language cadence, for 2 points of per-frame accuracy.
+// "Key-frame defaults and flicker"): with the stream's confidence gate (StreamOptions::min_confidence 0.8),
+// 0.1 / 1 s makes 5.7% of simulated and 4.5-5.3% of real frames key frames and cuts flicker 6.3x against
+// frame-by-frame description at the same language cadence, for 0.5 points of per-frame accuracy.
 struct KeyframeOptions {
-  double threshold = 0.3;   // cosine distance to the anchor that makes a key frame
-  double max_age_s = 2.0;   // an anchor older than this is renewed whatever the distance
+  double threshold = 0.1;   // cosine distance to the anchor that makes a key frame
+  double max_age_s = 1.0;   // an anchor older than this is renewed whatever the distance
   double hazard_delta = 0;  // a fast-head probability that moved this much since the anchor makes a key frame
                             // (0: off)
 };

@@ -1,6 +1,7 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cctype>
 #include <cstring>
 
@@ -398,9 +399,17 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
       break;
     }
     res.tokens.push_back(tok);
+    {
+      const float* l = logits.data_as<float>();
+      const float mx = *std::max_element(l, l + V);
+      double z = 0;
+      for (int v = 0; v < V; ++v) z += std::exp(static_cast<double>(l[v] - mx));
+      res.token_probs.push_back(static_cast<float>(std::exp(static_cast<double>(l[tok] - mx)) / z));
+    }
     sampler.accept(tok);
     const std::string piece = sdec.step(tok);
     res.text += piece;
+    res.token_text_end.push_back(res.text.size());
     if (stream && !piece.empty() && !stream(piece)) {
       res.stats.stop_reason = "callback";
       break;

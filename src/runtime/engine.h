@@ -76,6 +76,11 @@ struct GenerateStats {
 struct GenerateResult {
   std::string text;
   std::vector<int32_t> tokens;
+  // Per generated token: its probability under the model's distribution at that step (softmax of the raw logits,
+  // before any sampling transform), and the length of `text` once its piece was appended (its text is
+  // text[text_end[k-1], text_end[k])). For confidence-aware consumers (runtime/semantic_state.h).
+  std::vector<float> token_probs;
+  std::vector<size_t> token_text_end;
   // The fast head's probabilities (one row per image, classes of fast_head()->config()), when the model has one:
   // from the image's last tile (its only tile without splitting, the global view with it).
   std::vector<std::vector<float>> fast_head;

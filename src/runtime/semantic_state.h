@@ -9,6 +9,10 @@
 //                    anchor found changed (distance over the threshold) applies at once; an output of a frame that
 //                    only refreshed an old anchor must be confirmed by `hysteresis` consecutive outputs. Real
 //                    changes then show without delay, while re-guesses of a still scene do not flicker.
+//                    With a minimum confidence: a change to a value the model produced with a lower probability (the
+//                    least probable token of the value) must be confirmed by 6 consecutive outputs; in practice
+//                    unsure changes are ignored, but a field cannot stay stuck on a confidently wrong value.
+//   field_confidence The per-field confidence of a generated description from its per-token probabilities.
 //   TruthScorer      against the truth: per-frame accuracy of the reported fields, flicker (a change between
 //                    consecutive outputs while the truth of that field did not change), and event delay (from a
 //                    change of a field's truth to the first frame whose reported value shows it).
@@ -25,11 +29,14 @@ using Fields = std::map<std::string, std::string>;
 
 class FieldStabilizer {
  public:
-  explicit FieldStabilizer(int hysteresis = 1, int window = 1, bool gated = false)
-      : hysteresis_(hysteresis < 1 ? 1 : hysteresis), window_(window < 1 ? 1 : window), gated_(gated) {}
+  explicit FieldStabilizer(int hysteresis = 1, int window = 1, bool gated = false, double min_confidence = 0)
+      : hysteresis_(hysteresis < 1 ? 1 : hysteresis), window_(window < 1 ? 1 : window), gated_(gated),
+        min_confidence_(min_confidence) {}
   // Feeds one (parsed) language output; returns the fields whose reported value changed, in field-name order.
   // scene_changed: the described frame was a key frame because the scene changed (used when gated).
-  std::vector<std::string> update(const Fields& out, bool scene_changed = false);
+  // confidence: per field, the model's confidence in its value (field_confidence); null: all confident.
+  std::vector<std::string> update(const Fields& out, bool scene_changed = false,
+                                  const std::map<std::string, float>* confidence = nullptr);
   const Fields& fields() const { return fields_; }
   void reset() {
     fields_.clear();
@@ -40,10 +47,16 @@ class FieldStabilizer {
  private:
   int hysteresis_, window_;
   bool gated_;
+  double min_confidence_;
   Fields fields_;
   std::map<std::string, std::vector<std::string>> recent_;  // field -> its last `window_` outputs, oldest first
   std::map<std::string, std::pair<std::string, int>> candidate_;  // field -> (value, consecutive count)
 };
+
+// For a description "field: value; field: value; ..." generated token by token (GenerateResult's text,
+// token_probs and token_text_end): per field, the lowest probability of a token that overlaps its value.
+std::map<std::string, float> field_confidence(const std::string& text, const std::vector<float>& token_probs,
+                                              const std::vector<size_t>& token_text_end);
 
 class TruthScorer {
  public:

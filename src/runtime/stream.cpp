@@ -127,6 +127,8 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
   if (opt_.queue_frames < 1 || opt_.queue_frames > 1024) return InvalidArgument("frame queue must hold 1..1024 frames");
   if (opt_.hysteresis < 1 || opt_.hysteresis > 100) return InvalidArgument("hysteresis must be in [1, 100]");
   if (opt_.vote_window < 1 || opt_.vote_window > 100) return InvalidArgument("vote window must be in [1, 100]");
+  if (!(opt_.min_confidence >= 0 && opt_.min_confidence <= 1))
+    return InvalidArgument("minimum confidence must be in [0, 1]");
   if (!(opt_.keyframe.threshold >= 0) || !(opt_.keyframe.max_age_s > 0))
     return InvalidArgument("key-frame threshold must be >= 0 and the maximum age > 0");
   const std::string prompt = opt_.prompt.empty() ? engine_.describe_prompt() : opt_.prompt;
@@ -139,7 +141,7 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
     std::lock_guard<std::mutex> lk(stats_mu_);
     stats_ = StreamStats();
     stats_.source_fps = source_.fps();
-    stab_ = FieldStabilizer(opt_.hysteresis, opt_.vote_window);
+    stab_ = FieldStabilizer(opt_.hysteresis, opt_.vote_window, false, opt_.min_confidence);
     scorer_ = TruthScorer();
   }
   std::mutex ev_mu;  // events come from three threads; the callback sees them one at a time
@@ -299,7 +301,8 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
         stats_.last_described_pts = k->pts_s;
         // Output stabilisation, then flicker against the truth of the described frame.
         const Fields before = stab_.fields();
-        changed = stab_.update(out);
+        const auto conf = field_confidence(r->text, r->token_probs, r->token_text_end);
+        changed = stab_.update(out, false, &conf);
         scorer_.on_output(out, changed, before, truth_fields(k->truth));
         if (!changed.empty()) ++stats_.semantic_updates;
         fields_now = stab_.fields();

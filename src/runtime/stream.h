@@ -41,6 +41,9 @@ struct StreamOptions {
   int queue_frames = 2;         // frame queue capacity
   int hysteresis = 1;           // a field takes a new value after this many consecutive outputs agree (1: at once)
   int vote_window = 1;          // each field's candidate is the majority of its last N outputs (1: the last)
+  // A field changes only when the model gave its new value at least this probability (the least probable token of
+  // the value; runtime/semantic_state.h). Measured with eval --replay (bench/BENCHMARKS.md).
+  double min_confidence = 0.8;
   int max_tokens = 64;
   std::string prompt;           // empty: config.json's edgevlm.task.describe_prompt, else "Describe the scene."
   double alert_on = 0.5, alert_off = 0.4;  // fast-head hysteresis thresholds (on: the head's threshold if set)

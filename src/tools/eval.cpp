@@ -60,6 +60,9 @@ void add_eval_options(CLI::App& app, EvalOptions& o) {
   app.add_option("--keyframe-hazard-delta", o.hazard_deltas,
                  "--replay: fast-head probability change(s) that make a key frame (0: off), comma-separated")
       ->delimiter(',');
+  app.add_option("--min-confidence", o.min_confidences,
+                 "--replay: ignore a field change whose value the model gave a lower probability, comma-separated")
+      ->delimiter(',');
   app.add_option("--hysteresis", o.hysteresis, "--replay: hysteresis setting(s), comma-separated")->delimiter(',');
   app.add_option("--vote-window", o.vote_windows,
                  "--replay: majority-vote window(s) over each field's last outputs, comma-separated")

@@ -55,9 +55,10 @@ struct EvalOptions {
   // without truth) get key-frame rates per setting.
   bool replay = false;
   double language_hz = 5;
-  std::vector<double> thresholds = {0.3};   // KeyframeOptions' defaults
-  std::vector<double> max_ages = {2.0};
+  std::vector<double> thresholds = {0.1};   // the stream defaults (KeyframeOptions, StreamOptions)
+  std::vector<double> max_ages = {1.0};
   std::vector<double> hazard_deltas = {0.0};
+  std::vector<double> min_confidences = {0.8};  // StreamOptions' default
   std::vector<int> hysteresis = {1};
   std::vector<int> vote_windows = {1};
   std::vector<int> gated = {0};  // 0: plain hysteresis, 1: gated by the key frame's reason (FieldStabilizer)

@@ -46,6 +46,12 @@ struct Policy {
   int hysteresis = 1;
   int window = 1;            // majority-vote window of the stabiliser
   bool gated = false;        // hysteresis only for outputs of frames that did not change the scene
+  double min_confidence = 0; // a field change the model is less sure of is ignored
+};
+
+struct Output {
+  Fields fields;
+  std::map<std::string, float> confidence;
 };
 
 struct Frame {
@@ -79,7 +85,7 @@ class Replayer {
   }
 
   // The parsed description of frame k (with memory frame m >= 0 through the adapter).
-  Result<Fields> describe(const std::vector<Frame>& fr, int64_t k, int64_t m) {
+  Result<Output> describe(const std::vector<Frame>& fr, int64_t k, int64_t m) {
     const auto key = std::make_pair(k, m);
     auto it = cache_.find(key);
     if (it != cache_.end()) return it->second;
@@ -93,14 +99,16 @@ class Replayer {
     language_s_ += now_s() - t0;
     ++language_runs_;
     auto parsed = sim::parse_description(r.text);
-    Fields out = parsed.ok() ? *parsed : Fields{};
+    Output out;
+    if (parsed.ok()) out.fields = *parsed;
+    out.confidence = field_confidence(r.text, r.token_probs, r.token_text_end);
     cache_.emplace(key, out);
     return out;
   }
 
   Status run(const std::vector<Frame>& fr, double fps, const Policy& p, int latency_frames, Outcome* o) {
     KeyframeAnchor anchor({p.threshold, p.max_age, p.hazard_delta});
-    FieldStabilizer stab(p.hysteresis, p.window, p.gated);
+    FieldStabilizer stab(p.hysteresis, p.window, p.gated, p.min_confidence);
     const bool temporal = p.temporal && eng_.temporal_adapter() != nullptr;
     const double period = 1.0 / p.hz;
     double next_tick = 0;
@@ -109,7 +117,7 @@ class Replayer {
     std::map<int64_t, bool> changed_scene;  // key frame -> made by a change (not by the anchor's age)
     struct Pending {
       int64_t from = 0, frame = 0;  // reported from frame `from`; describes frame `frame`
-      Fields out;
+      Output out;
       bool scene_changed = true;
     };
     std::vector<Pending> pending;
@@ -133,7 +141,7 @@ class Replayer {
         if (next_tick <= t) next_tick = t + period;  // no catch-up burst
         if (newest > described) {
           const int64_t m = temporal && p.anchored ? memory_of[newest] : -1;
-          EV_ASSIGN_OR_RETURN(Fields out, describe(fr, newest, m));
+          EV_ASSIGN_OR_RETURN(Output out, describe(fr, newest, m));
           described = newest;
           ++o->runs;
           pending.push_back({i + latency_frames, newest, std::move(out), !p.anchored || changed_scene[newest]});
@@ -142,8 +150,8 @@ class Replayer {
       while (!pending.empty() && pending.front().from <= i) {
         const Pending& q = pending.front();
         const Fields before = stab.fields();
-        const std::vector<std::string> changed = stab.update(q.out, q.scene_changed);
-        o->scorer.on_output(q.out, changed, before, fr[q.frame].truth);
+        const std::vector<std::string> changed = stab.update(q.out.fields, q.scene_changed, &q.out.confidence);
+        o->scorer.on_output(q.out.fields, changed, before, fr[q.frame].truth);
         pending.erase(pending.begin());
       }
       o->scorer.on_frame(stab.fields(), fr[i].truth, t);
@@ -161,7 +169,7 @@ class Replayer {
   Engine& eng_;
   nlohmann::json messages_;
   GenerateOptions g_;
-  std::map<std::pair<int64_t, int64_t>, Fields> cache_;
+  std::map<std::pair<int64_t, int64_t>, Output> cache_;
   int64_t language_runs_ = 0;
   double language_s_ = 0;
 };
@@ -192,6 +200,7 @@ nlohmann::json outcome_json(const Policy& p, const Outcome& o, double fps) {
           {"hysteresis", p.hysteresis},
           {"vote_window", p.window},
           {"gated", p.gated},
+          {"min_confidence", p.min_confidence},
           {"frames", o.frames},
           {"keyframe_rate", p.anchored && o.frames ? double(o.keyframes) / o.frames : 1.0},
           {"language_runs", o.runs},
@@ -223,12 +232,14 @@ Status check(const EvalOptions& o) {
     if (!(a > 0 && a <= 3600)) return InvalidArgument("--keyframe-max-age values must be in (0, 3600] s");
   for (int h : o.hysteresis)
     if (h < 1 || h > 100) return InvalidArgument("--hysteresis values must be in [1, 100]");
+  for (double mc : o.min_confidences)
+    if (!(mc >= 0 && mc <= 1)) return InvalidArgument("--min-confidence values must be in [0, 1]");
   for (double hd : o.hazard_deltas)
     if (!(hd >= 0 && hd <= 1)) return InvalidArgument("--keyframe-hazard-delta values must be in [0, 1]");
   for (int w : o.vote_windows)
     if (w < 1 || w > 100) return InvalidArgument("--vote-window values must be in [1, 100]");
   if (o.thresholds.size() * o.max_ages.size() * o.hysteresis.size() * o.vote_windows.size() *
-          o.hazard_deltas.size() > 1000)
+          o.hazard_deltas.size() * o.min_confidences.size() > 1000)
     return InvalidArgument("more than 1000 settings to replay");
   if (o.latency_frames < 0 || o.latency_frames > 1000) return InvalidArgument("--latency-frames must be in [0, 1000]");
   return Status::Ok();
@@ -305,10 +316,11 @@ Result<nlohmann::json> eval_replay_json(const EvalOptions& o) {
           for (int gt : o.gated) {
             if (gt && h == 1) continue;  // gating without hysteresis is plain
             for (double hd : o.hazard_deltas)
-              policies.push_back({"stream", true, !o.no_temporal, o.language_hz, th, age, hd, h, w, gt != 0});
+              for (double mc : o.min_confidences)
+                policies.push_back({"stream", true, !o.no_temporal, o.language_hz, th, age, hd, h, w, gt != 0, mc});
           }
-  policies.push_back({"frame_by_frame_at_cadence", false, false, o.language_hz, 0, 1, 0, 1, 1, false});
-  policies.push_back({"frame_by_frame_every_frame", false, false, 0, 0, 1, 0, 1, 1, false});
+  policies.push_back({"frame_by_frame_at_cadence", false, false, o.language_hz, 0, 1, 0, 1, 1, false, 0});
+  policies.push_back({"frame_by_frame_every_frame", false, false, 0, 0, 1, 0, 1, 1, false, 0});
   std::vector<Outcome> outcomes(policies.size());
 
   Replayer rp(*eng, messages, o.max_tokens);
@@ -392,7 +404,7 @@ std::string eval_replay_table(const nlohmann::json& j) {
                        j.value("temporal_adapter", false) ? ", temporal adapter" : "",
                        static_cast<long long>(j.value("frames", 0)), static_cast<size_t>(j.value("scenarios", 0)),
                        j.value("fps", 30.0), static_cast<long long>(j.value("latency_frames", 1)));
-  TextTable t({"policy", "thr", "age s", "hzd", "hyst", "vote", "key frames", "lang Hz", "accuracy", "flicker/min", "vs fbf",
+  TextTable t({"policy", "thr", "age s", "hzd", "conf", "hyst", "vote", "key frames", "lang Hz", "accuracy", "flicker/min", "vs fbf",
                "events in 1 tick", "delay p50/max"});
   for (const auto& p : j.at("policies")) {
     const bool stream = p.value("policy", "") == "stream";
@@ -401,6 +413,7 @@ std::string eval_replay_table(const nlohmann::json& j) {
                stream ? strf("%.3g", p.value("keyframe_threshold", 0.0)) : "-",
                stream ? strf("%.3g", p.value("keyframe_max_age_s", 0.0)) : "-",
                stream ? strf("%.2g", p.value("keyframe_hazard_delta", 0.0)) : "-",
+               stream ? strf("%.2g", p.value("min_confidence", 0.0)) : "-",
                strf("%d%s", p.value("hysteresis", 1), p.value("gated", false) ? "g" : ""), strf("%d", p.value("vote_window", 1)), stream ? fmt_percent(p.value("keyframe_rate", 0.0)) : "-",
                strf("%.2f", p.value("language_runs_per_s", 0.0)), fmt_percent(p.value("mean_field_accuracy", 0.0)),
                strf("%.1f", p.value("flicker_per_min", 0.0)),

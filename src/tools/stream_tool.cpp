@@ -86,6 +86,9 @@ void add_stream_options(CLI::App& app, StreamToolOptions& o) {
       ->check(CLI::Range(1, 100));
   app.add_option("--vote-window", o.vote_window, "each field follows the majority of its last N outputs (1: the last)")
       ->check(CLI::Range(1, 100));
+  app.add_option("--min-confidence", o.min_confidence,
+                 "a field changes only when the model gave the new value at least this probability (0: always)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_flag("--no-temporal", o.no_temporal, "do not apply the model's temporal adapter");
   app.add_flag("--realtime", o.realtime, "play files at their own frame rate, as a camera delivers them");
   app.add_option("--events", o.events, "write every event as JSON lines to this file");
@@ -131,6 +134,7 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   sopt.keyframe.hazard_delta = o.keyframe_hazard_delta;
   sopt.hysteresis = o.hysteresis;
   sopt.vote_window = o.vote_window;
+  sopt.min_confidence = o.min_confidence;
   sopt.max_tokens = o.max_tokens;
   sopt.drop_when_late = o.realtime;
   sopt.temporal = !o.no_temporal;
@@ -231,7 +235,8 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   j["language_hz"] = o.language_hz;
   j["keyframe"] = {{"threshold", o.keyframe_threshold}, {"max_age_s", o.keyframe_max_age},
                    {"hazard_delta", o.keyframe_hazard_delta}};
-  j["stabiliser"] = {{"hysteresis", o.hysteresis}, {"vote_window", o.vote_window}};
+  j["stabiliser"] = {{"hysteresis", o.hysteresis}, {"vote_window", o.vote_window},
+                     {"min_confidence", o.min_confidence}};
   j["temporal_adapter"] = !o.no_temporal && eng->temporal_adapter() != nullptr;
   j["threads"] = {{"vision", o.threads}, {"language", o.text_threads}};
   j["frames"] = {{"in", st.frames_in}, {"vision", st.frames_vision}, {"dropped", st.frames_dropped},

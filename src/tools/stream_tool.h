@@ -34,6 +34,7 @@ struct StreamToolOptions {
   double keyframe_hazard_delta = KeyframeOptions{}.hazard_delta;
   int hysteresis = 1;
   int vote_window = 1;
+  double min_confidence = StreamOptions{}.min_confidence;
   bool realtime = false;
   std::string events;
   bool print = false;

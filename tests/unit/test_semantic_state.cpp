@@ -44,6 +44,36 @@ TEST(FieldStabilizer, VoteWindowTakesTheStrictMajority) {
   EXPECT_EQ(s.fields().at("lead"), "blue car");
 }
 
+TEST(FieldConfidence, LeastProbableTokenOfEachValue) {
+  // " light: red; lead: white car" in tokens: " light" ":" " red" ";" " lead" ":" " white" " car"
+  const std::vector<std::string> pieces = {" light", ":", " red", ";", " lead", ":", " white", " car"};
+  const std::vector<float> probs = {0.99f, 0.98f, 0.6f, 0.97f, 0.95f, 0.99f, 0.9f, 0.4f};
+  std::string text;
+  std::vector<size_t> ends;
+  for (const auto& p : pieces) {
+    text += p;
+    ends.push_back(text.size());
+  }
+  const auto c = ev::field_confidence(text, probs, ends);
+  ASSERT_EQ(c.size(), 2u);
+  EXPECT_FLOAT_EQ(c.at("light"), 0.6f);
+  EXPECT_FLOAT_EQ(c.at("lead"), 0.4f);
+  EXPECT_TRUE(ev::field_confidence("no fields here", {0.5f}, {14}).empty());
+}
+
+TEST(FieldStabilizer, UnsureChangesNeedConfirming) {
+  FieldStabilizer s(1, 1, false, 0.7);
+  const std::map<std::string, float> unsure = {{"light", 0.5f}}, sure = {{"light", 0.9f}};
+  EXPECT_EQ(s.update({{"light", "red"}}, false, &unsure), std::vector<std::string>{"light"});  // first: at once
+  EXPECT_TRUE(s.update({{"light", "green"}}, false, &unsure).empty());
+  EXPECT_EQ(s.fields().at("light"), "red");
+  EXPECT_EQ(s.update({{"light", "green"}}, false, &sure), std::vector<std::string>{"light"});
+  EXPECT_EQ(s.update({{"light", "red"}}), std::vector<std::string>{"light"});  // no confidence given: applies
+  // An unsure change that the model keeps making goes through after 6 consecutive outputs.
+  for (int i = 0; i < 5; ++i) EXPECT_TRUE(s.update({{"light", "yellow"}}, false, &unsure).empty()) << i;
+  EXPECT_EQ(s.update({{"light", "yellow"}}, false, &unsure), std::vector<std::string>{"light"});
+}
+
 TEST(TruthScorer, CountsFlickerOnlyWhileTheTruthStands) {
   TruthScorer t;
   FieldStabilizer s(1);
