@@ -1,5 +1,8 @@
 #include "perception/video_writer.h"
 
+#include <cstring>
+#include <vector>
+
 extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -32,11 +35,17 @@ struct VideoWriter::Impl {
   AVPacket* pkt = nullptr;
   SwsContext* sws = nullptr;
   int width = 0, height = 0;
+  // The caller's frame is copied here before sws_scale: libswscale's SIMD input readers read past the end of a
+  // row (up to its input padding), which on a tightly packed caller buffer runs off the allocation. Rows are
+  // padded to 64 bytes and the buffer ends with 64 spare bytes.
+  std::vector<uint8_t> staging;
+  int staging_stride = 0;
   int64_t next_pts = 0;
   bool header_written = false;
   bool open = false;
 
   void release() {
+    staging.clear();
     if (sws) sws_freeContext(sws);
     sws = nullptr;
     if (frame) av_frame_free(&frame);
@@ -210,8 +219,16 @@ Status VideoWriter::write(const uint8_t* rgb) {
   if (!m.open) return InvalidArgument("VideoWriter::write: not open");
   int r = av_frame_make_writable(m.frame);
   if (r < 0) return Internal(m.path + ": frame not writable: " + av_error(r));
-  const uint8_t* src[1] = {rgb};
-  const int stride[1] = {3 * m.width};
+  const size_t row = static_cast<size_t>(3 * m.width);
+  if (m.staging.empty()) {
+    m.staging_stride = static_cast<int>((row + 63) / 64 * 64);
+    m.staging.assign(static_cast<size_t>(m.staging_stride) * static_cast<size_t>(m.height) + 64, 0);
+  }
+  for (int y = 0; y < m.height; ++y)
+    std::memcpy(m.staging.data() + static_cast<size_t>(y) * static_cast<size_t>(m.staging_stride),
+                rgb + static_cast<size_t>(y) * row, row);
+  const uint8_t* src[1] = {m.staging.data()};
+  const int stride[1] = {m.staging_stride};
   sws_scale(m.sws, src, stride, 0, m.height, m.frame->data, m.frame->linesize);
   m.frame->pts = m.next_pts++;
   return m.encode(m.frame);
