@@ -399,7 +399,7 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
       break;
     }
     res.tokens.push_back(tok);
-    {
+    if (gen.token_probs) {
       const float* l = logits.data_as<float>();
       const float mx = *std::max_element(l, l + V);
       double z = 0;
@@ -409,7 +409,7 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
     sampler.accept(tok);
     const std::string piece = sdec.step(tok);
     res.text += piece;
-    res.token_text_end.push_back(res.text.size());
+    if (gen.token_probs) res.token_text_end.push_back(res.text.size());
     if (stream && !piece.empty() && !stream(piece)) {
       res.stats.stop_reason = "callback";
       break;

@@ -59,6 +59,7 @@ struct GenerateOptions {
   bool stop_at_eos = true;
   std::vector<int32_t> extra_stop_tokens;
   int image_splitting = -1;               // -1: the preprocessor config decides; 0: --no-split; 1: split
+  bool token_probs = false;               // fill GenerateResult::token_probs / token_text_end
 };
 
 struct GenerateStats {
@@ -78,7 +79,7 @@ struct GenerateResult {
   std::vector<int32_t> tokens;
   // Per generated token: its probability under the model's distribution at that step (softmax of the raw logits,
   // before any sampling transform), and the length of `text` once its piece was appended (its text is
-  // text[text_end[k-1], text_end[k])). For confidence-aware consumers (runtime/semantic_state.h).
+  // text[text_end[k-1], text_end[k])). Only with GenerateOptions::token_probs (runtime/semantic_state.h).
   std::vector<float> token_probs;
   std::vector<size_t> token_text_end;
   // The fast head's probabilities (one row per image, classes of fast_head()->config()), when the model has one:

@@ -267,6 +267,7 @@ Status StreamPipeline::run(const StreamEventCallback& on_event, const StreamFram
     GenerateOptions g;
     g.max_new_tokens = opt_.max_tokens;
     g.image_splitting = 0;
+    g.token_probs = opt_.min_confidence > 0;  // the confidence gate reads them
     const auto period = std::chrono::duration<double>(1.0 / opt_.language_hz);
     auto next_tick = std::chrono::steady_clock::now();
     for (;;) {

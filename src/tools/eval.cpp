@@ -77,6 +77,25 @@ void add_eval_options(CLI::App& app, EvalOptions& o) {
                  "--replay: frames between a described frame and the frame its output is reported from");
 }
 
+Result<std::vector<sim::ScenarioSpec>> eval_scenarios(const EvalOptions& o, int tile_size) {
+  std::vector<sim::ScenarioSpec> specs;
+  for (const auto& path : o.specs) {
+    EV_ASSIGN_OR_RETURN(sim::ScenarioSpec s, sim::load_scenario_spec(path));
+    specs.push_back(std::move(s));
+  }
+  if (o.specs.empty()) {
+    sim::RandomScenarioOptions ro;
+    ro.width = ro.height = tile_size;
+    if (o.frames > 0) ro.frames = o.frames;
+    for (int i = 0; i < o.scenarios; ++i) specs.push_back(sim::random_scenario(o.seed + static_cast<uint64_t>(i), ro));
+  }
+  for (auto& s : specs) {
+    s.width = s.height = tile_size;
+    if (o.frames > 0) s.frames = o.frames;
+  }
+  return specs;
+}
+
 Result<nlohmann::json> eval_json(const EvalOptions& o) {
   EV_RETURN_IF_ERROR(check(o));
   EngineOptions eo;
@@ -86,22 +105,7 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
   const int S = eng->model().tile_size();
   const std::string prompt = eng->describe_prompt();
 
-  // Scenario specs at the model's tile size.
-  std::vector<sim::ScenarioSpec> specs;
-  for (const auto& path : o.specs) {
-    EV_ASSIGN_OR_RETURN(sim::ScenarioSpec s, sim::load_scenario_spec(path));
-    specs.push_back(std::move(s));
-  }
-  if (o.specs.empty()) {
-    sim::RandomScenarioOptions ro;
-    ro.width = ro.height = S;
-    if (o.frames > 0) ro.frames = o.frames;
-    for (int i = 0; i < o.scenarios; ++i) specs.push_back(sim::random_scenario(o.seed + static_cast<uint64_t>(i), ro));
-  }
-  for (auto& s : specs) {
-    s.width = s.height = S;
-    if (o.frames > 0) s.frames = o.frames;
-  }
+  EV_ASSIGN_OR_RETURN(std::vector<sim::ScenarioSpec> specs, eval_scenarios(o, S));
 
   // Fast-head classes -> sim hazard bits, by name.
   const FastHead* fh = eng->fast_head();

@@ -34,6 +34,10 @@ class App;
 
 namespace ev {
 
+namespace sim {
+struct ScenarioSpec;
+}
+
 struct EvalOptions {
   std::string model;
   std::vector<std::string> specs;
@@ -69,6 +73,8 @@ struct EvalOptions {
 
 void add_eval_options(CLI::App& app, EvalOptions& o);
 Result<nlohmann::json> eval_json(const EvalOptions& o);
+// The scenarios of --spec files, or of --seed / --scenarios, at the model's tile size (and --frames long).
+Result<std::vector<sim::ScenarioSpec>> eval_scenarios(const EvalOptions& o, int tile_size);
 Result<nlohmann::json> eval_replay_json(const EvalOptions& o);  // --replay (tools/eval_replay.cpp)
 std::string eval_replay_table(const nlohmann::json& j);
 std::string eval_table(const nlohmann::json& j);

@@ -68,20 +68,12 @@ struct Outcome {
   double seconds = 0;        // stream time
 };
 
-double quantile(std::vector<double> v, double q) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double pos = q * static_cast<double>(v.size() - 1);
-  const size_t i = static_cast<size_t>(pos);
-  const double f = pos - static_cast<double>(i);
-  return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
-}
-
 class Replayer {
  public:
   Replayer(Engine& eng, const nlohmann::json& messages, int max_tokens) : eng_(eng), messages_(messages) {
     g_.max_new_tokens = max_tokens;
     g_.image_splitting = 0;
+    g_.token_probs = true;  // per-field confidence (every policy's outputs come from this one cache)
   }
 
   // The parsed description of frame k (with memory frame m >= 0 through the adapter).
@@ -292,20 +284,7 @@ Result<nlohmann::json> eval_replay_json(const EvalOptions& o) {
   const int S = eng->model().tile_size();
   EV_ASSIGN_OR_RETURN(nlohmann::json messages, Engine::user_turn(1, eng->describe_prompt()));
 
-  std::vector<sim::ScenarioSpec> specs;
-  for (const auto& path : o.specs) {
-    EV_ASSIGN_OR_RETURN(sim::ScenarioSpec s, sim::load_scenario_spec(path));
-    specs.push_back(std::move(s));
-  }
-  if (o.specs.empty()) {
-    sim::RandomScenarioOptions ro;
-    if (o.frames > 0) ro.frames = o.frames;
-    for (int i = 0; i < o.scenarios; ++i) specs.push_back(sim::random_scenario(o.seed + static_cast<uint64_t>(i), ro));
-  }
-  for (auto& s : specs) {
-    s.width = s.height = S;
-    if (o.frames > 0) s.frames = o.frames;
-  }
+  EV_ASSIGN_OR_RETURN(std::vector<sim::ScenarioSpec> specs, eval_scenarios(o, S));
 
   // The policies: every combination of the stream settings, then the two frame-by-frame references.
   std::vector<Policy> policies;

@@ -40,6 +40,15 @@ RunStats summarize(std::vector<double> v) {
   return s;
 }
 
+double quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const double pos = q * static_cast<double>(v.size() - 1);
+  const size_t i = static_cast<size_t>(pos);
+  const double f = pos - static_cast<double>(i);
+  return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
+}
+
 nlohmann::json to_json(const RunStats& s, const std::string& suffix) {
   return nlohmann::json{{"median" + suffix, s.median}, {"min" + suffix, s.min}, {"p90" + suffix, s.p90},
                         {"max" + suffix, s.max},       {"mean" + suffix, s.mean}, {"runs", s.n}};

@@ -29,6 +29,8 @@ struct RunStats {
 RunStats summarize(std::vector<double> v);
 // {"median_s", "min_s", "p90_s", "max_s", "mean_s", "runs"} (`suffix` replaces "_s", e.g. "" or "_tok_s").
 nlohmann::json to_json(const RunStats& s, const std::string& suffix = "_s");
+// The q-quantile (q in [0, 1]) with linear interpolation between closest ranks (numpy's default); 0 when empty.
+double quantile(std::vector<double> v, double q);
 
 // ---- Graph cost accounting ----
 

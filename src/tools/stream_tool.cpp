@@ -16,15 +16,6 @@ namespace ev {
 
 namespace {
 
-double quantile(std::vector<double> v, double q) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const double pos = q * static_cast<double>(v.size() - 1);
-  const size_t i = static_cast<size_t>(pos);
-  const double f = pos - static_cast<double>(i);
-  return i + 1 < v.size() ? v[i] * (1 - f) + v[i + 1] * f : v[i];
-}
-
 nlohmann::json dist_json(const std::vector<double>& v) {
   return {{"n", v.size()}, {"p50", quantile(v, 0.5)}, {"p90", quantile(v, 0.9)}, {"p99", quantile(v, 0.99)},
           {"max", v.empty() ? 0.0 : *std::max_element(v.begin(), v.end())}};
