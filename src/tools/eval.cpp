@@ -96,12 +96,16 @@ Result<std::vector<sim::ScenarioSpec>> eval_scenarios(const EvalOptions& o, int 
   return specs;
 }
 
-Result<nlohmann::json> eval_json(const EvalOptions& o) {
+Result<std::unique_ptr<Engine>> eval_engine(const EvalOptions& o) {
   EV_RETURN_IF_ERROR(check(o));
   EngineOptions eo;
   eo.threads = o.threads;
   EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
-  EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::load(o.model, eo));
+  return Engine::load(o.model, eo);
+}
+
+Result<nlohmann::json> eval_json(const EvalOptions& o) {
+  EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, eval_engine(o));
   const int S = eng->model().tile_size();
   const std::string prompt = eng->describe_prompt();
 

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,7 @@ class App;
 
 namespace ev {
 
+class Engine;
 namespace sim {
 struct ScenarioSpec;
 }
@@ -73,6 +75,8 @@ struct EvalOptions {
 
 void add_eval_options(CLI::App& app, EvalOptions& o);
 Result<nlohmann::json> eval_json(const EvalOptions& o);
+// The options' common checks, then the engine of --model at --precision and --threads.
+Result<std::unique_ptr<Engine>> eval_engine(const EvalOptions& o);
 // The scenarios of --spec files, or of --seed / --scenarios, at the model's tile size (and --frames long).
 Result<std::vector<sim::ScenarioSpec>> eval_scenarios(const EvalOptions& o, int tile_size);
 Result<nlohmann::json> eval_replay_json(const EvalOptions& o);  // --replay (tools/eval_replay.cpp)

@@ -277,10 +277,7 @@ Result<nlohmann::json> clip_rates(Engine& eng, const std::string& path, const Ev
 
 Result<nlohmann::json> eval_replay_json(const EvalOptions& o) {
   EV_RETURN_IF_ERROR(check(o));
-  EngineOptions eo;
-  eo.threads = o.threads;
-  EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
-  EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::load(o.model, eo));
+  EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, eval_engine(o));
   const int S = eng->model().tile_size();
   EV_ASSIGN_OR_RETURN(nlohmann::json messages, Engine::user_turn(1, eng->describe_prompt()));
 
