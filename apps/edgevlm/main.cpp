@@ -47,6 +47,7 @@ struct DescribeArgs {
   std::vector<std::string> images;
   std::string prompt = "Describe this image.";
   std::string precision = "auto";
+  std::string prune = "none";
   int threads = 0;
   int max_tokens = 64;
   float temperature = 0.f;
@@ -60,6 +61,7 @@ struct DescribeArgs {
 int run_describe(const DescribeArgs& a) {
   ev::EngineOptions opt;
   opt.threads = a.threads;
+  opt.prune = a.prune;
   if (ev::Status s = ev::parse_precision_option(a.precision, &opt); !s.ok()) return fail(s.with_context("--precision"));
   auto engine = ev::Engine::load(a.model, opt);
   if (!engine.ok()) return fail(engine.status());
@@ -132,6 +134,7 @@ int main(int argc, char** argv) {
   describe->add_option("--prompt", d.prompt, "question or instruction");
   describe->add_option("--precision", d.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
   describe->add_option("--threads", d.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
+  describe->add_option("--prune", d.prune, "token pruning of the vision tower: none, auto, L:R,...,llm:R, random, input:S");
   describe->add_option("--max-tokens", d.max_tokens, "maximum new tokens")->check(CLI::Range(0, 1 << 20));
   describe->add_option("--temperature", d.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0, 100.0));
   describe->add_option("--top-k", d.top_k, "top-k sampling (0: off)")->check(CLI::Range(0, 1 << 24));

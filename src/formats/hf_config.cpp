@@ -65,6 +65,17 @@ Status parse_vision(const JsonView& v, VisionConfig* c) {
   EV_ASSIGN_OR_RETURN(c->patch_size, v.get_int32("patch_size", c->patch_size, 1, kMaxImageSize));
   EV_ASSIGN_OR_RETURN(c->layer_norm_eps, get_positive_float(v, "layer_norm_eps", c->layer_norm_eps));
   EV_ASSIGN_OR_RETURN(c->hidden_act, v.get_string("hidden_act", c->hidden_act));
+  EV_ASSIGN_OR_RETURN(c->head_dim_override, v.get_int32("head_dim", 0, 0, kMaxWidth));
+  if (v.has("num_attention_heads_per_layer")) {
+    EV_ASSIGN_OR_RETURN(std::vector<int64_t> h, v.get_int_array("num_attention_heads_per_layer"));
+    c->num_attention_heads_per_layer.clear();
+    for (int64_t x : h) {
+      if (x < 1 || x > kMaxHeads)
+        return v.error("num_attention_heads_per_layer", "value " + std::to_string(x) + " out of range [1, " +
+                                                            std::to_string(kMaxHeads) + "]");
+      c->num_attention_heads_per_layer.push_back(static_cast<int>(x));
+    }
+  }
   return Status::Ok();
 }
 
@@ -166,7 +177,20 @@ Status validate_vlm_config(const VlmConfig& c, const std::string& src) {
     if (!(eps > 0.0f) || !std::isfinite(eps))
       return invalid(src, "layer_norm_eps, rms_norm_eps and rope_theta must be positive and finite");
 
-  if (v.hidden_size % v.num_attention_heads != 0)
+  if (!v.num_attention_heads_per_layer.empty()) {
+    if (static_cast<int>(v.num_attention_heads_per_layer.size()) != v.num_hidden_layers)
+      return invalid(vw + ".num_attention_heads_per_layer",
+                     std::to_string(v.num_attention_heads_per_layer.size()) + " entries for " +
+                         std::to_string(v.num_hidden_layers) + " layers");
+    if (v.head_dim_override <= 0)
+      return invalid(vw + ".head_dim", "a head-pruned tower (num_attention_heads_per_layer) needs head_dim");
+    for (int h : v.num_attention_heads_per_layer)
+      if (h < 1 || h > v.num_attention_heads)
+        return invalid(vw + ".num_attention_heads_per_layer",
+                       "value " + std::to_string(h) + " out of range [1, num_attention_heads = " +
+                           std::to_string(v.num_attention_heads) + "]");
+  }
+  if (v.head_dim_override <= 0 && v.hidden_size % v.num_attention_heads != 0)
     return invalid(vw, "hidden_size " + std::to_string(v.hidden_size) + " is not divisible by num_attention_heads " +
                            std::to_string(v.num_attention_heads));
   if (v.image_size % v.patch_size != 0)

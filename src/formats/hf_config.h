@@ -41,8 +41,17 @@ struct VisionConfig {
   int patch_size = 32;
   float layer_norm_eps = 1e-6f;
   std::string hidden_act = "gelu_pytorch_tanh";
+  // Head-pruned towers (edgevlm prune-heads): the heads each layer kept, and the width of one head (which the
+  // full tower's hidden_size / num_attention_heads no longer gives once heads are removed). Empty / 0: every layer
+  // has num_attention_heads heads of hidden_size / num_attention_heads.
+  std::vector<int> num_attention_heads_per_layer;
+  int head_dim_override = 0;  // vision_config.head_dim
 
-  int head_dim() const { return hidden_size / num_attention_heads; }
+  int head_dim() const { return head_dim_override > 0 ? head_dim_override : hidden_size / num_attention_heads; }
+  int heads_in_layer(int l) const {
+    return num_attention_heads_per_layer.empty() ? num_attention_heads
+                                                 : num_attention_heads_per_layer[static_cast<size_t>(l)];
+  }
   int patches_per_side() const { return image_size / patch_size; }
   int num_patches() const { return patches_per_side() * patches_per_side(); }  // tokens per tile
 };

@@ -27,6 +27,8 @@ const char* op_kind_name(OpKind k) {
     case OpKind::kReshape: return "reshape";
     case OpKind::kMeanRows: return "mean_rows";
     case OpKind::kSigmoid: return "sigmoid";
+    case OpKind::kAttnScore: return "attn_score";
+    case OpKind::kTopK: return "top_k";
     case OpKind::kCount: break;
   }
   return "?";
@@ -190,7 +192,9 @@ TensorId Graph::pixel_shuffle(const std::string& name, TensorId x, int scale) {
 TensorId Graph::get_rows(const std::string& name, TensorId table, TensorId ids) {
   const Shape& ts = shape(table);
   if (ts.ndim != 2 || node(ids).out_dtype != DType::kI32) return fail(name + ": get_rows table/ids");
-  return push(make(OpKind::kGetRows, name, {table, ids}, Shape{shape(ids).numel(), ts[1]}));
+  Node n = make(OpKind::kGetRows, name, {table, ids}, Shape{shape(ids).numel(), ts[1]});
+  if (node(table).out_dtype == DType::kI32) n.out_dtype = DType::kI32;  // index bookkeeping (token pruning)
+  return push(std::move(n));
 }
 
 TensorId Graph::scatter_rows(const std::string& name, TensorId base, TensorId src, TensorId idx) {
@@ -234,6 +238,31 @@ TensorId Graph::sigmoid(const std::string& name, TensorId x) {
   return push(make(OpKind::kSigmoid, name, {x}, shape(x)));
 }
 
+TensorId Graph::attn_score(const std::string& name, TensorId q, TensorId k, int n_heads, int n_kv_heads,
+                           int head_dim, float scale) {
+  const Shape &qs = shape(q), &ks = shape(k);
+  if (qs.ndim != 3 || ks.ndim != 3 || n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0 ||
+      qs[2] != static_cast<int64_t>(n_heads) * head_dim || ks[2] != static_cast<int64_t>(n_kv_heads) * head_dim ||
+      qs[0] != ks[0])
+    return fail(name + ": attn_score q" + qs.to_string() + " k" + ks.to_string());
+  Node n = make(OpKind::kAttnScore, name, {q, k}, Shape{ks[0], ks[1]});
+  n.p.n_heads = n_heads;
+  n.p.n_kv_heads = n_kv_heads;
+  n.p.head_dim = head_dim;
+  n.p.scale = scale;
+  return push(std::move(n));
+}
+
+TensorId Graph::top_k(const std::string& name, TensorId score, int64_t k) {
+  const Shape& s = shape(score);
+  if (s.ndim != 2 || k < 1 || k > s[1] || node(score).out_dtype != DType::kF32)
+    return fail(name + ": top_k of " + std::to_string(k) + " from score " + s.to_string());
+  Node n = make(OpKind::kTopK, name, {score}, Shape{s[0] * k});
+  n.out_dtype = DType::kI32;
+  n.p.row_end = k;
+  return push(std::move(n));
+}
+
 double node_flops(const Graph& g, const Node& n) {
   const double out = static_cast<double>(n.out_shape.numel());
   switch (n.op) {
@@ -259,6 +288,12 @@ double node_flops(const Graph& g, const Node& n) {
     case OpKind::kMeanRows: return static_cast<double>(g.shape(n.inputs[0]).numel());
     case OpKind::kSwiGLU: return 7.0 * out;
     case OpKind::kRope: return 3.0 * out;
+    case OpKind::kAttnScore: {  // q k^T plus the softmax (~8 flops per score)
+      const Shape& q = g.shape(n.inputs[0]);
+      const Shape& k = g.shape(n.inputs[1]);
+      const double pairs = static_cast<double>(q[0]) * n.p.n_heads * static_cast<double>(q[1]) * static_cast<double>(k[1]);
+      return pairs * (2.0 * n.p.head_dim + 8.0);
+    }
     case OpKind::kAdd:
     case OpKind::kMul: return out;
     default: return 0.0;

@@ -22,7 +22,12 @@
 //                order within a patch, i.e. conv2d weight [E, 3, P, P] flattened to [E, 3*P*P])
 //   kPixelShuffle in: x [B, S, E] with S = h*h; p.scale = s                            out: [B, S/(s*s), E*s*s]
 //                (Idefics3Connector.pixel_shuffle)
-//   kGetRows     in: table [V, C] (f32/bf16/f16), ids [T] (i32)                        out: [T, C] f32
+//   kGetRows     in: table [V, C] (f32/bf16/f16, or i32: out i32), ids [T] (i32)        out: [T, C] f32
+//   kAttnScore   in: q [B, T, Hq*D], k [B, S, Hkv*D]; p.n_heads, p.n_kv_heads, p.head_dim, p.scale (not causal)
+//                out: [B, S] f32, the attention each key receives: the mean over query heads and queries of
+//                softmax_j(scale q_i . k_j) (token pruning's importance score)
+//   kTopK        in: score [B, n] f32; p.row_end = k (1 <= k <= n)                    out: [B*k] i32 flat row
+//                indices b*n + j of each batch element's k highest scores (ties: lower j first), ascending j
 //   kScatterRows in: base [T, C], src [n, C], idx [n] (i32): out = base; out[idx[i]] = src[i]  out: [T, C]
 //   kRows        in: x [..., R, C] seen as [rows, C]; p.row_begin, p.row_end           out: [row_end-row_begin, C]
 //   kCopy        in: x                                                                 out: same shape; with a
@@ -61,6 +66,8 @@ enum class OpKind : uint8_t {
   kReshape,  // view: shares the input's storage
   kMeanRows,  // x [..., R, C] -> [..., C]: the mean over the rows of each matrix (token pooling)
   kSigmoid,
+  kAttnScore,
+  kTopK,
   kCount
 };
 
@@ -136,6 +143,9 @@ struct Graph {
   // x [B, R, C] (or [R, C]) -> [B, C] ([1, C]): mean over the R rows of each batch element.
   TensorId mean_rows(const std::string& name, TensorId x);
   TensorId sigmoid(const std::string& name, TensorId x);
+  TensorId attn_score(const std::string& name, TensorId q, TensorId k, int n_heads, int n_kv_heads, int head_dim,
+                      float scale);
+  TensorId top_k(const std::string& name, TensorId score, int64_t k);
 
   void mark_output(TensorId id) { nodes[static_cast<size_t>(id)].keep = true; }
 

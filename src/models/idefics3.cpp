@@ -18,8 +18,10 @@ class Idefics3Model final : public VlmModel {
   int tile_size() const override { return cfg_.vision.image_size; }
   int tokens_per_tile() const override { return vision_.num_patches() / (cfg_.scale_factor * cfg_.scale_factor); }
 
-  TensorId build_vision(Graph& g, TensorId pixels, TensorId* vision_out) const override {
-    TensorId v = vision_.build(g, pixels);
+  using VlmModel::build_vision;
+  TensorId build_vision(Graph& g, TensorId pixels, TensorId* vision_out, const VisionRun& run,
+                        TensorId* importance) const override {
+    TensorId v = vision_.build(g, pixels, run, importance);
     if (vision_out) *vision_out = v;
     return connector_.build(g, v);
   }

@@ -5,6 +5,8 @@
 //   + position_embedding [N, E]  (N = (S/P)^2; all patches valid: full tiles, no padding masks)
 //   x L: x += out_proj(attn(layer_norm1(x)));  x += fc2(gelu_tanh(fc1(layer_norm2(x))))
 //   post_layernorm -> [B, N, E]
+// Head-pruned towers (edgevlm prune-heads) have VisionConfig::heads_in_layer(l) heads of head_dim() in layer l:
+// q/k/v [H_l*D, E], out_proj [E, H_l*D].
 #pragma once
 
 #include <vector>
@@ -13,6 +15,7 @@
 #include "core/tensor.h"
 #include "formats/hf_config.h"
 #include "graph/graph.h"
+#include "models/token_prune.h"
 #include "models/weights.h"
 
 namespace ev {
@@ -35,7 +38,11 @@ class SiglipVisionTower {
 
   // Adds the tower to `g`: pixels [B, 3, S, S] -> [B, N, E]. `n_layers` < 0 runs all layers (fewer is used by
   // early-exit features later).
-  TensorId build(Graph& g, TensorId pixels, int n_layers = -1) const;
+  TensorId build(Graph& g, TensorId pixels, int n_layers = -1) const { return build(g, pixels, VisionRun{}, nullptr, n_layers); }
+  // The same with token pruning and head masks (models/token_prune.h). Pixels may be smaller than image_size
+  // (S a multiple of the patch size: the downscale baseline); the output has (S/P)^2 tokens. With
+  // run.want_importance, *importance receives the [B, N] last-layer importance of every grid token.
+  TensorId build(Graph& g, TensorId pixels, const VisionRun& run, TensorId* importance, int n_layers = -1) const;
 
   const VisionConfig& config() const { return cfg_; }
   int num_patches() const { return (cfg_.image_size / cfg_.patch_size) * (cfg_.image_size / cfg_.patch_size); }

@@ -12,6 +12,7 @@
 #include "formats/safetensors.h"
 #include "graph/graph.h"
 #include "models/kv_cache.h"
+#include "models/token_prune.h"
 
 namespace ev {
 
@@ -26,7 +27,13 @@ class VlmModel {
   virtual int tokens_per_tile() const = 0;
   // pixels [B, 3, S, S] -> image embeddings [B, tokens_per_tile, text_hidden]. If `vision_out` is given it
   // receives the vision tower's output node (before the connector).
-  virtual TensorId build_vision(Graph& g, TensorId pixels, TensorId* vision_out = nullptr) const = 0;
+  // `run` carries token pruning and head masks (models/token_prune.h); with run.want_importance, *importance gets
+  // the [B, N] last-layer importance of the vision tokens. Pixels may be smaller than tile_size() (downscaling).
+  TensorId build_vision(Graph& g, TensorId pixels, TensorId* vision_out = nullptr) const {
+    return build_vision(g, pixels, vision_out, VisionRun{}, nullptr);
+  }
+  virtual TensorId build_vision(Graph& g, TensorId pixels, TensorId* vision_out, const VisionRun& run,
+                                TensorId* importance) const = 0;
 
   // Text side.
   virtual int64_t text_hidden() const = 0;

@@ -4,11 +4,14 @@
 #include <cmath>
 #include <cctype>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "core/clock.h"
 #include "core/log.h"
 #include "kernels/cpu/ceilings.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/ref/ref_ops.h"
 #include "perception/vlm_preprocess.h"
 
 namespace ev {
@@ -37,6 +40,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   }
   EV_RETURN_IF_ERROR(e->init_backend());
   EV_RETURN_IF_ERROR(e->prepare_weights());
+  EV_RETURN_IF_ERROR(e->set_prune(opt.prune).with_context(model_dir));
   if (opt.network_only) {
     e->load_s_ = now_s() - t0;
     return e;
@@ -115,6 +119,88 @@ Status parse_precision_option(const std::string& s, EngineOptions* opt) {
   opt->vision_precision = p;
   return Status::Ok();
 }
+
+std::string Engine::auto_prune_spec() const {
+  const nlohmann::json& raw = cfg_.raw;
+  if (raw.contains("edgevlm") && raw["edgevlm"].is_object() && raw["edgevlm"].contains("prune")) {
+    const auto& p = raw["edgevlm"]["prune"];
+    if (p.is_object() && p.contains("auto") && p["auto"].is_string()) return p["auto"].get<std::string>();
+  }
+  return "";
+}
+
+Status Engine::set_prune(const std::string& spec) {
+  EV_ASSIGN_OR_RETURN(prune_, resolve_prune_spec(spec, cfg_, auto_prune_spec()));
+  return Status::Ok();
+}
+
+int64_t Engine::pruned_tokens_per_tile() const {
+  int64_t t = model_->tokens_per_tile();
+  if (prune_.input_size > 0) {
+    const int64_t side = prune_.input_size / cfg_.vision.patch_size / cfg_.scale_factor;
+    t = side * side;
+  }
+  return prune_.llm_keep < 1.f ? prune_keep_count(prune_.llm_keep, t) : t;
+}
+
+namespace {
+// Area resampling of f32 planes [n, C, S, S] -> [n, C, s, s] (s < S): each output pixel is the mean of the input
+// area it covers, with fractional edge weights (the downscale baseline of --prune input:S).
+Tensor downscale_tiles(const Tensor& px, int s) {
+  const int64_t n = px.dim(0), C = px.dim(1), S = px.dim(2);
+  Tensor out = Tensor::empty(DType::kF32, Shape{n, C, s, s});
+  // Separable weights: output o covers input [o*S/s, (o+1)*S/s).
+  std::vector<std::vector<std::pair<int64_t, float>>> w(static_cast<size_t>(s));
+  const double r = static_cast<double>(S) / s;
+  for (int o = 0; o < s; ++o) {
+    const double a = o * r, b = (o + 1) * r;
+    for (auto i = static_cast<int64_t>(a); i < S && static_cast<double>(i) < b; ++i) {
+      const double cov = std::min<double>(b, static_cast<double>(i + 1)) - std::max<double>(a, static_cast<double>(i));
+      if (cov > 0) w[static_cast<size_t>(o)].push_back({i, static_cast<float>(cov / r)});
+    }
+  }
+  std::vector<float> rowbuf(static_cast<size_t>(S) * s);
+  for (int64_t p = 0; p < n * C; ++p) {
+    const float* src = px.data_as<const float>() + p * S * S;
+    float* dst = out.data_as<float>() + p * s * s;
+    for (int64_t y = 0; y < S; ++y)  // horizontal pass: [S, S] -> [S, s]
+      for (int o = 0; o < s; ++o) {
+        float acc = 0.f;
+        for (const auto& [i, wt] : w[static_cast<size_t>(o)]) acc += wt * src[y * S + i];
+        rowbuf[static_cast<size_t>(y * s + o)] = acc;
+      }
+    for (int o = 0; o < s; ++o)  // vertical pass: [S, s] -> [s, s]
+      for (int x = 0; x < s; ++x) {
+        float acc = 0.f;
+        for (const auto& [i, wt] : w[static_cast<size_t>(o)]) acc += wt * rowbuf[static_cast<size_t>(i * s + x)];
+        dst[o * s + x] = acc;
+      }
+  }
+  return out;
+}
+
+// The connector tokens each tile keeps before the language model: the k whose s x s vision tokens received the
+// most attention (importance [B, N]); ties by lower index; ascending.
+std::vector<int32_t> select_connector_tokens(const Tensor& importance, int scale, int64_t k) {
+  const int64_t B = importance.dim(0), N = importance.dim(1);
+  const auto side = static_cast<int64_t>(std::llround(std::sqrt(static_cast<double>(N))));
+  const int64_t cs = side / scale, T = cs * cs;
+  Tensor score = Tensor::empty(DType::kF32, Shape{B, T});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < cs; ++i)
+      for (int64_t j = 0; j < cs; ++j) {
+        // ref::pixel_shuffle: connector token i*cs + j merges vision tokens (i*s + ri)*side + j*s + rj.
+        double acc = 0.0;
+        for (int ri = 0; ri < scale; ++ri)
+          for (int rj = 0; rj < scale; ++rj)
+            acc += importance.data_as<const float>()[b * N + (i * scale + ri) * side + j * scale + rj];
+        score.data_as<float>()[b * T + i * cs + j] = static_cast<float>(acc);
+      }
+  std::vector<int32_t> idx(static_cast<size_t>(B * k));
+  ref::top_k_rows(score.data_as<const float>(), B, T, k, idx.data());
+  return idx;
+}
+}  // namespace
 
 std::string Engine::describe_prompt() const {
   const nlohmann::json& raw = cfg_.raw;
@@ -242,9 +328,16 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
     return ShapeMismatch("pixel tiles must be f32 [n, 3, " + std::to_string(S) + ", " + std::to_string(S) + "], got " +
                          std::string(dtype_name(pixels.dtype())) + " " + pixels.shape().to_string());
   Graph g;
-  TensorId px = g.input("pixels", pixels);
-  TensorId vout = -1;
-  TensorId emb = model_->build_vision(g, px, &vout);
+  const bool downscale = prune_.input_size > 0 && prune_.input_size < S;
+  TensorId px = g.input("pixels", downscale ? downscale_tiles(pixels, prune_.input_size) : pixels);
+  TensorId vout = -1, importance = -1;
+  VisionRun run;
+  run.prune = &prune_;
+  run.call = vision_calls_++;
+  run.head_mask = head_mask_.empty() ? nullptr : &head_mask_;
+  run.want_importance = prune_.llm_keep < 1.f;
+  TensorId emb = model_->build_vision(g, px, &vout, run, &importance);
+  if (importance >= 0) g.mark_output(importance);
   g.mark_output(emb);
   if (vision_out) g.mark_output(vout);
   TensorId adapted = -1;
@@ -265,8 +358,18 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
   if (vision_out) *vision_out = r[vout];
   if (hz >= 0) *hazards = r[hz];
   if (raw) *raw = r[emb];
-  if (adapted >= 0) return r[adapted];
-  return r[emb];
+  Tensor out = adapted >= 0 ? r[adapted] : r[emb];
+  if (importance < 0) return out;
+  // Top-k connector tokens for the language model (the temporal memory above keeps them all).
+  const int64_t B = out.dim(0), T = out.dim(1), H = out.dim(2);
+  const int64_t k = prune_keep_count(prune_.llm_keep, T);
+  if (k >= T) return out;
+  const std::vector<int32_t> keep = select_connector_tokens(r[importance], cfg_.scale_factor, k);
+  Tensor sel = Tensor::empty(DType::kF32, Shape{B, k, H});
+  for (int64_t i = 0; i < B * k; ++i)
+    std::memcpy(sel.data_as<float>() + i * H, out.data_as<const float>() + static_cast<int64_t>(keep[static_cast<size_t>(i)]) * H,
+                static_cast<size_t>(H) * sizeof(float));
+  return sel;
 }
 
 Result<Tensor> Engine::forward_text(const std::vector<int32_t>& ids, const Tensor& image_embeds, KvCache& cache,
@@ -353,6 +456,7 @@ Result<EncodedImages> Engine::encode_images(const std::vector<Image>& images, in
   }
   enc.vision_s = now_s() - t;
   enc.n_tiles = static_cast<int>(n_tiles);
+  enc.tokens_per_tile = static_cast<int>(enc.embeds.dim(1));
   return enc;
 }
 
@@ -369,7 +473,9 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
     return InvalidArgument("max_new_tokens " + std::to_string(gen.max_new_tokens) + " is out of range");
   double t = now_s();
   EV_ASSIGN_OR_RETURN(std::string text, render_messages(messages));
-  EV_ASSIGN_OR_RETURN(std::string expanded, expand_image_tokens(text, enc.layouts, model_->tokens_per_tile()));
+  EV_ASSIGN_OR_RETURN(std::string expanded, expand_image_tokens(text, enc.layouts,
+                                                                      enc.tokens_per_tile > 0 ? enc.tokens_per_tile
+                                                                                              : model_->tokens_per_tile()));
   std::vector<int32_t> ids = tokenizer_->encode(expanded, /*add_special_tokens=*/true);
   res.stats.preprocess_s = enc.preprocess_s + (now_s() - t);
   res.stats.vision_s = enc.vision_s;

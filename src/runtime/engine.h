@@ -22,6 +22,7 @@
 #include "graph/executor.h"
 #include "models/fast_head.h"
 #include "models/temporal_adapter.h"
+#include "models/token_prune.h"
 #include "models/vlm.h"
 #include "perception/image.h"
 #include "perception/vlm_preprocess.h"
@@ -47,6 +48,8 @@ struct EngineOptions {
   int text_threads = 0;
   // Benchmarks of random-weight models have no tokenizer / processor files: load the network alone.
   bool network_only = false;
+  // Token pruning of the vision tower (models/token_prune.h syntax: "none", "auto", "1:0.5,3:0.25,llm:0.5", ...).
+  std::string prune = "none";
 };
 
 // Parses a --precision value into `opt`: "f32" or "bf16" for every part, "auto" for bf16 text (f32 where the CPU
@@ -94,6 +97,7 @@ struct EncodedImages {
   std::vector<ImageLayout> layouts;   // per image: tile rows / cols (0, 0 when not split)
   Tensor embeds;                      // [n_tiles, tokens_per_tile, text_hidden]; undefined without images
   Tensor raw_embeds;                  // the connector's output before the temporal adapter (the next memory)
+  int tokens_per_tile = 0;            // embeds.dim(1): fewer than the model's with --prune llm:R or input:S
   std::vector<std::vector<float>> fast_head;  // per image, as GenerateResult::fast_head
   int n_tiles = 0;
   double preprocess_s = 0, vision_s = 0;
@@ -141,6 +145,17 @@ class Engine {
   Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {},
                               Tensor* hazards = nullptr, const Tensor* memory = nullptr, Tensor* raw = nullptr);
   const TemporalAdapter* temporal_adapter() const { return temporal_ ? &*temporal_ : nullptr; }
+  // Token pruning for the following vision passes (models/token_prune.h syntax, "auto" resolved from config.json).
+  // Not thread-safe against a concurrent encode: set it between passes.
+  Status set_prune(const std::string& spec);
+  void set_prune(const PruneSpec& spec) { prune_ = spec; }
+  const PruneSpec& prune() const { return prune_; }
+  // The recommended spec of config.json "edgevlm.prune.auto" ("" when the model has none).
+  std::string auto_prune_spec() const;
+  // Head masks for the following vision passes (edgevlm prune-heads): mask[l][h] scales head h of layer l.
+  void set_head_mask(std::vector<std::vector<float>> mask) { head_mask_ = std::move(mask); }
+  // Connector tokens kept per tile by the current spec (tokens_per_tile() without pruning).
+  int64_t pruned_tokens_per_tile() const;
   // The model's fast head (config.json "edgevlm.fast_head"), or nullptr.
   const FastHead* fast_head() const { return fast_head_ ? &*fast_head_ : nullptr; }
   // The prompt a road-scene model was trained to describe a frame with: config.json's
@@ -191,6 +206,9 @@ class Engine {
   Precision text_prec_ = Precision::kBF16, vision_prec_ = Precision::kBF16;
   std::vector<int32_t> stop_ids_;
   double load_s_ = 0;
+  PruneSpec prune_;
+  std::vector<std::vector<float>> head_mask_;
+  uint64_t vision_calls_ = 0;  // draws of the random-drop baseline
 };
 
 }  // namespace ev

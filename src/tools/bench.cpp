@@ -13,6 +13,7 @@
 #include "core/thread_pool.h"
 #include "graph/backend.h"
 #include "kernels/cpu/ceilings.h"
+#include "models/token_prune.h"
 #include "runtime/engine.h"
 #include "tools/random_model.h"
 #include "tools/report.h"
@@ -125,6 +126,9 @@ void add_bench_options(CLI::App& app, BenchOptions& o) {
   app.add_flag("--json", o.json, "print the JSON result instead of the table");
   app.add_option("--out", o.out, "also write the JSON result to this file");
   app.add_flag_callback("--no-progress", [&o] { o.progress = false; }, "no status line on stderr");
+  app.add_option("--prune", o.prune,
+                 "token pruning of the vision stage (none, auto, L:R,...,llm:R, random, input:S); repeatable: the "
+                 "variants are timed round-robin in one run");
 }
 
 Result<nlohmann::json> bench_json(const BenchOptions& o) {
@@ -198,7 +202,14 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
   auto peak_of = [&](Precision p) { return p == Precision::kBF16 ? ceil.bf16_gflops : ceil.f32_gflops; };
   const double vpeak = peak_of(vprec), tpeak = peak_of(tprec);
 
-  // 3. Vision: one tile, batch 1.
+  // 3. Vision: one tile, batch 1 (the first --prune variant; all of them side by side below).
+  std::vector<PruneSpec> variants;
+  for (const std::string& p : o.prune) {
+    auto r = resolve_prune_spec(p, cfg, eng->auto_prune_spec());
+    if (!r.ok()) return r.status().with_context("--prune " + p);
+    variants.push_back(*r);
+  }
+  if (!variants.empty()) eng->set_prune(variants[0]);
   if (stages.count("vision")) {
     const int S = model.tile_size();
     Tensor px = random_pixels(1, S, o.seed);
@@ -215,7 +226,15 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
     const RunStats st = summarize(times);
 
     Graph g;
-    model.build_vision(g, g.input("pixels", px));
+    {
+      const PruneSpec& ps = eng->prune();
+      VisionRun run;
+      run.prune = &ps;
+      run.want_importance = ps.llm_keep < 1.f;
+      TensorId imp = -1;
+      const int Sv = ps.input_size > 0 ? ps.input_size : S;
+      model.build_vision(g, g.input("pixels", Sv == S ? px : random_pixels(1, Sv, o.seed)), nullptr, run, &imp);
+    }
     EV_RETURN_IF_ERROR(g.status());
     const GraphCost cost = graph_cost(g, vprec);
     sl.update("vision per-node timing ...");
@@ -254,7 +273,49 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
                    {"fraction_of_peak", lin_gflops / vpeak}};
     v["node_time_sum_s"] = node_sum;
     v["by_op"] = ops;
+    v["prune"] = eng->prune().to_string();
     j["vision"] = v;
+    if (variants.size() > 1) {
+      // Round-robin: repeat r times every variant once, so that the machine's load drifts equally over all.
+      std::vector<std::vector<double>> t(variants.size());
+      for (size_t k = 0; k < variants.size(); ++k) {  // warm-up (oneDNN primitives per token count)
+        eng->set_prune(variants[k]);
+        EV_ASSIGN_OR_RETURN(emb, eng->encode_tiles(px));
+      }
+      for (int r = 0; r < R; ++r)
+        for (size_t k = 0; k < variants.size(); ++k) {
+          sl.update("vision variants %d/%d ...", r + 1, R);
+          eng->set_prune(variants[k]);
+          const double t0 = now_s();
+          EV_ASSIGN_OR_RETURN(emb, eng->encode_tiles(px));
+          t[k].push_back(now_s() - t0);
+        }
+      nlohmann::json va = nlohmann::json::array();
+      const double base = summarize(t[0]).median;
+      for (size_t k = 0; k < variants.size(); ++k) {
+        eng->set_prune(variants[k]);
+        Graph gk;
+        VisionRun run;
+        run.prune = &variants[k];
+        run.want_importance = variants[k].llm_keep < 1.f;
+        TensorId imp = -1;
+        const int Sv = variants[k].input_size > 0 ? variants[k].input_size : S;
+        model.build_vision(gk, gk.input("pixels", random_pixels(1, Sv, o.seed)), nullptr, run, &imp);
+        EV_RETURN_IF_ERROR(gk.status());
+        const GraphCost ck = graph_cost(gk, vprec);
+        const RunStats sk = summarize(t[k]);
+        nlohmann::json e = to_json(sk);
+        e["prune"] = variants[k].to_string();
+        e["gflop"] = ck.flops * 1e-9;
+        e["gflops"] = ck.flops / sk.median * 1e-9;
+        e["fraction_of_peak"] = ck.flops / sk.median * 1e-9 / vpeak;
+        e["speedup"] = base / sk.median;
+        e["image_tokens"] = eng->pruned_tokens_per_tile();
+        va.push_back(e);
+      }
+      eng->set_prune(variants[0]);
+      j["vision_variants"] = va;
+    }
   }
 
   const int64_t V = model.vocab_size();
@@ -452,6 +513,16 @@ std::string bench_table(const nlohmann::json& j) {
       for (const auto& [share, name] : ops)
         if (share >= 0.001) o += " " + name + " " + fmt_percent(share);
       o += "\n";
+    }
+    if (j.contains("vision_variants")) {
+      o += "\nvision stage per --prune variant (round-robin in one run):\n";
+      TextTable vt({"prune", "image tokens", "median", "p90", "speed-up", "work", "achieved", "of ceiling"});
+      for (const auto& v : j["vision_variants"])
+        vt.add_row({v.value("prune", ""), strf("%lld", static_cast<long long>(v.value("image_tokens", 0))),
+                    fmt_seconds(v.value("median_s", 0.0)), fmt_seconds(v.value("p90_s", 0.0)),
+                    strf("%.2fx", v.value("speedup", 0.0)), strf("%.2f GFLOP", v.value("gflop", 0.0)),
+                    strf("%.1f GFLOP/s", v.value("gflops", 0.0)), fmt_percent(v.value("fraction_of_peak", 0.0))});
+      o += vt.render();
     }
     if (j.contains("targets") && !j["targets"].empty()) {
       o += "targets:\n";

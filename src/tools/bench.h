@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -50,6 +51,9 @@ struct BenchOptions {
   bool json = false;                    // print JSON instead of the table
   std::string out;                      // also write the JSON object here
   bool progress = true;                 // status line on stderr (only when it is a terminal)
+  // --prune SPEC (repeatable): the vision stage of each token-pruning setting (models/token_prune.h), measured
+  // round-robin in one run (one timed pass of every variant per repeat) so that they share the machine's load.
+  std::vector<std::string> prune;
 };
 
 // Registers the options above on a CLI11 (sub)command.

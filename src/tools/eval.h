@@ -16,6 +16,7 @@
 // Flicker (a field's output changing between consecutive evaluated frames while its truth did not) and event
 // delay (a change of a field's truth to the first evaluated frame whose output shows it) are reported too.
 // --replay measures the stream policy instead (see EvalOptions::replay).
+// --prune compares token-pruning settings (and head-pruned models) on the same frames: accuracy and vision time.
 // Random seeds used for evaluation should be held out from training (train/roadvlm.py trains on seeds 1..K and
 // evaluates on 1000000..).
 #pragma once
@@ -54,6 +55,11 @@ struct EvalOptions {
   bool json = false;
   std::string out;
   bool progress = true;
+  // --prune SPEC (repeatable; models/token_prune.h syntax, SPEC@DIR for another model, e.g. a head-pruned one):
+  // every variant runs on every evaluated frame, back to back, so that their vision times are measured under the
+  // same load; reported side by side, and as a picture (accuracy against vision time) with --plot FILE.svg.
+  std::vector<std::string> prune;
+  std::string plot;
   // --replay: every frame of each scenario through the stream pipeline's policy in stream time (key-frame
   // anchoring, language at language_hz on the newest key frame, the temporal adapter, hysteresis), for each
   // combination of the listed settings, against the same model run frame by frame (language on the newest frame
@@ -82,6 +88,9 @@ Result<std::vector<sim::ScenarioSpec>> eval_scenarios(const EvalOptions& o, int 
 Result<nlohmann::json> eval_replay_json(const EvalOptions& o);  // --replay (tools/eval_replay.cpp)
 std::string eval_replay_table(const nlohmann::json& j);
 std::string eval_table(const nlohmann::json& j);
+// The picture of a multi-variant eval: mean field accuracy against median vision time, one mark per variant,
+// coloured by method (none, attention, random, downscale), head-pruned models outlined.
+std::string eval_plot_svg(const nlohmann::json& j);
 Status run_eval(const EvalOptions& o);
 
 }  // namespace ev

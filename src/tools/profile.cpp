@@ -12,6 +12,7 @@
 #include "core/thread_pool.h"
 #include "graph/backend.h"
 #include "kernels/cpu/ceilings.h"
+#include "models/token_prune.h"
 #include "runtime/engine.h"
 #include "tools/random_model.h"
 #include "tools/report.h"
@@ -167,6 +168,7 @@ void add_profile_options(CLI::App& app, ProfileOptions& o) {
   app.add_option("--seed", o.seed, "seed of the random weights, pixels and token ids");
   app.add_option("--precision", o.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
   app.add_option("--threads", o.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
+  app.add_option("--prune", o.prune, "token pruning of the vision pass: none, auto, L:R,...,llm:R, random, input:S");
   app.add_option("--part", o.part, "what to profile: vision, prefill, decode or all")
       ->check(CLI::IsMember({"vision", "prefill", "decode", "all"}));
   app.add_option("--prefill-tokens", o.prefill_tokens, "prefill length, and the decode step's position")
@@ -226,16 +228,22 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
   nlohmann::json parts = nlohmann::json::array();
 
   if (all || o.part == "vision") {
-    const int S = model.tile_size();
+    EV_RETURN_IF_ERROR(eng->set_prune(o.prune).with_context("--prune"));
+    const PruneSpec& ps = eng->prune();
+    const int S = ps.input_size > 0 ? ps.input_size : model.tile_size();
     Tensor px = random_pixels(1, S, o.seed);
     Graph g;
-    TensorId emb = model.build_vision(g, g.input("pixels", px));
+    VisionRun run;
+    run.prune = &ps;
+    run.want_importance = ps.llm_keep < 1.f;
+    TensorId imp = -1;
+    TensorId emb = model.build_vision(g, g.input("pixels", px), nullptr, run, &imp);
     g.mark_output(emb);
     EV_RETURN_IF_ERROR(g.status());
     EV_ASSIGN_OR_RETURN(nlohmann::json p,
                         profile_graph(eng->vision_executor(), g, o.repeats, vprec, ceil, "vision",
-                                      strf("1 tile %dx%d -> %d tokens (vision tower + connector)", S, S,
-                                           model.tokens_per_tile()),
+                                      strf("1 tile %dx%d -> %lld tokens (vision tower + connector), prune %s", S, S,
+                                           static_cast<long long>(eng->pruned_tokens_per_tile()), ps.to_string().c_str()),
                                       sl));
     parts.push_back(std::move(p));
   }

@@ -40,6 +40,7 @@ struct ProfileOptions {
   std::string keep_model;               // write the generated model here and keep it
   uint64_t seed = 1;
   std::string precision = "auto";       // bf16 or f32
+  std::string prune = "none";           // token pruning of the profiled vision pass (models/token_prune.h)
   int threads = 0;                      // 0: all hardware threads
   std::string part = "all";             // vision, prefill, decode or all
   int prefill_tokens = 256;             // prefill length, and the decode step's position

@@ -417,6 +417,62 @@ void roofline_panel(std::string& o, const SvgRoofline& r, int clip_id, double x0
 
 }  // namespace
 
+std::string render_scatter_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
+                               const std::vector<SvgScatterSeries>& series) {
+  const double W = 900, H = 560, L = 80, R = 250, T = 50, B = 60;
+  double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+  for (const auto& se : series)
+    for (const auto& p : se.points) {
+      x0 = std::min(x0, p.x), x1 = std::max(x1, p.x), y0 = std::min(y0, p.y), y1 = std::max(y1, p.y);
+    }
+  if (x0 > x1) x0 = 0, x1 = 1, y0 = 0, y1 = 1;
+  // Axes from 0 on x (time), padded on y.
+  x0 = 0;
+  x1 = x1 > 0 ? x1 * 1.08 : 1;
+  const double pad = std::max(1.0, (y1 - y0) * 0.1);
+  y0 -= pad, y1 += pad;
+  auto px = [&](double x) { return L + (x - x0) / (x1 - x0) * (W - L - R); };
+  auto py = [&](double y) { return H - B - (y - y0) / (y1 - y0) * (H - T - B); };
+  std::string o = strf("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" "
+                       "font-family=\"DejaVu Sans, sans-serif\" font-size=\"11\">\n<rect width=\"100%%\" "
+                       "height=\"100%%\" fill=\"white\"/>\n", W, H);
+  o += strf("<text x=\"%.0f\" y=\"24\" font-size=\"14\">%s</text>\n", L, xml_escape(title).c_str());
+  o += strf("<rect x=\"%.0f\" y=\"%.0f\" width=\"%.0f\" height=\"%.0f\" fill=\"none\" stroke=\"#888\"/>\n", L, T,
+            W - L - R, H - T - B);
+  for (int i = 0; i <= 5; ++i) {  // grid and ticks
+    const double xv = x0 + (x1 - x0) * i / 5, yv = y0 + (y1 - y0) * i / 5;
+    o += strf("<line x1=\"%.1f\" y1=\"%.0f\" x2=\"%.1f\" y2=\"%.0f\" stroke=\"#eee\"/>\n", px(xv), T, px(xv), H - B);
+    o += strf("<text x=\"%.1f\" y=\"%.0f\" text-anchor=\"middle\">%.3g</text>\n", px(xv), H - B + 16, xv);
+    o += strf("<line x1=\"%.0f\" y1=\"%.1f\" x2=\"%.0f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", L, py(yv), W - R, py(yv));
+    o += strf("<text x=\"%.0f\" y=\"%.1f\" text-anchor=\"end\">%.1f</text>\n", L - 6, py(yv) + 4, yv);
+  }
+  o += strf("<text x=\"%.0f\" y=\"%.0f\" text-anchor=\"middle\">%s</text>\n", (L + W - R) / 2, H - 18,
+            xml_escape(x_label).c_str());
+  o += strf("<text transform=\"translate(20,%.0f) rotate(-90)\" text-anchor=\"middle\">%s</text>\n", (T + H - B) / 2,
+            xml_escape(y_label).c_str());
+  double ly = T + 10;
+  for (const auto& se : series) {
+    std::vector<SvgScatterPoint> pts = se.points;
+    std::sort(pts.begin(), pts.end(), [](const SvgScatterPoint& a, const SvgScatterPoint& b) { return a.x < b.x; });
+    if (pts.size() > 1) {  // connect a method's settings in time order
+      std::string path;
+      for (const auto& p : pts) path += strf("%s%.1f,%.1f", path.empty() ? "M" : " L", px(p.x), py(p.y));
+      o += strf("<path d=\"%s\" fill=\"none\" stroke=\"%s\" stroke-opacity=\"0.5\"/>\n", path.c_str(), se.color.c_str());
+    }
+    for (const auto& p : pts) {
+      o += strf("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4.5\" fill=\"%s\"><title>%s: %.2f, %.1f</title></circle>\n",
+                px(p.x), py(p.y), se.color.c_str(), xml_escape(p.label).c_str(), p.x, p.y);
+      o += strf("<text x=\"%.1f\" y=\"%.1f\" font-size=\"9\" fill=\"%s\">%s</text>\n", px(p.x) + 6, py(p.y) - 5,
+                se.color.c_str(), xml_escape(p.label).c_str());
+    }
+    o += strf("<circle cx=\"%.0f\" cy=\"%.0f\" r=\"5\" fill=\"%s\"/><text x=\"%.0f\" y=\"%.0f\">%s</text>\n",
+              W - R + 20, ly, se.color.c_str(), W - R + 30, ly + 4, xml_escape(se.name).c_str());
+    ly += 18;
+  }
+  o += "</svg>\n";
+  return o;
+}
+
 std::string render_profile_svg(const std::string& title, const std::vector<SvgPanelRow>& rows,
                                const std::vector<SvgLegendItem>& legend) {
   const double W = 1120, row_h = 420, head = 44;

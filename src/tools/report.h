@@ -145,6 +145,18 @@ struct SvgLegendItem {
 // plot (right), and a legend of colours at the bottom. Plain text, no external resources.
 std::string render_profile_svg(const std::string& title, const std::vector<SvgPanelRow>& rows,
                                const std::vector<SvgLegendItem>& legend);
+// A scatter plot with linear axes: one colour per series, each point labelled, a legend of series.
+struct SvgScatterPoint {
+  double x = 0, y = 0;
+  std::string label;
+};
+struct SvgScatterSeries {
+  std::string name;
+  std::string color;
+  std::vector<SvgScatterPoint> points;
+};
+std::string render_scatter_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
+                               const std::vector<SvgScatterSeries>& series);
 // The colour used for an op kind in every picture (stable across runs).
 const char* op_color(OpKind k);
 // XML text escaping (&, <, >, ", ').

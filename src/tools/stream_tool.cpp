@@ -91,6 +91,7 @@ void add_stream_options(CLI::App& app, StreamToolOptions& o) {
   app.add_option("--threads", o.threads, "vision stage threads")->check(CLI::Range(1, 256));
   app.add_option("--text-threads", o.text_threads, "language stage threads")->check(CLI::Range(1, 256));
   app.add_option("--precision", o.precision, "compute precision: auto, f32 or bf16");
+  app.add_option("--prune", o.prune, "token pruning of the vision stage: none, auto, L:R,...,llm:R, random, input:S");
   app.add_option("--max-tokens", o.max_tokens, "maximum tokens of a description")->check(CLI::Range(1, 4096));
   app.add_flag_callback("--no-progress", [&o] { o.progress = false; }, "no status line on stderr");
   app.add_option("--overlay", o.overlay,
@@ -106,6 +107,7 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   }
   EngineOptions eo;
   eo.threads = o.threads;
+  eo.prune = o.prune;
   eo.text_threads = o.text_threads;
   EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
   EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::load(o.model, eo));

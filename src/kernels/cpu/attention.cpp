@@ -1,8 +1,13 @@
 // Attention dispatch, and the AVX2 (8-wide) instantiation of the f32 kernels.
 #include "kernels/cpu/attention.h"
 
+#include <algorithm>
+#include <vector>
+
 #include "kernels/cpu/attention_impl.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/ops.h"
 
 namespace ev::cpu {
 
@@ -77,6 +82,66 @@ Status attention(const ref::AttentionDims& a, const float* q, const float* k, co
     case AttnKernel::kTiledF32: attn_detail::run_f32_avx512(a, q, k, v, out, pool, false); break;
     case AttnKernel::kTiledBF16: attn_detail::run_bf16_avx512(a, q, k, v, out, pool); break;
     case AttnKernel::kTiledF32V1: attn_detail::run_f32_tiled_v1_avx512(a, q, k, v, out, pool); break;
+  }
+  return Status::Ok();
+}
+
+Status attention_score(const ref::AttentionDims& a, const float* q, const float* k, float* score, ThreadPool* pool) {
+  if (a.B <= 0 || a.T <= 0 || a.S <= 0 || a.D <= 0 || a.Hq <= 0 || a.Hkv <= 0 || a.Hq % a.Hkv != 0)
+    return InvalidArgument("attention_score: bad dims");
+  const int64_t G = a.Hq / a.Hkv, D = a.D;
+  const int64_t q_stride = static_cast<int64_t>(a.Hq) * D, kv_stride = static_cast<int64_t>(a.Hkv) * D;
+  const int nt = pool ? std::max(1, pool->size()) : 1;
+  // Row blocks as large as a 1 MB scratch allows (each oneDNN call has a fixed cost of several microseconds, more
+  // than a 64-row block of a 196-token tile computes), but at least two items per thread so that none idles.
+  int64_t rows = std::max<int64_t>(16, std::min<int64_t>(a.T, (int64_t{1} << 18) / a.S));
+  const int64_t min_items = 2 * static_cast<int64_t>(nt);
+  if (a.B * a.Hq * ((a.T + rows - 1) / rows) < min_items) {
+    const int64_t blocks_wanted = (min_items + a.B * a.Hq - 1) / (a.B * a.Hq);
+    rows = std::max<int64_t>(16, (a.T + blocks_wanted - 1) / blocks_wanted);
+  }
+  const int64_t kRows = rows;
+  const int64_t blocks = (a.T + kRows - 1) / kRows;
+  const int64_t items = a.B * a.Hq * blocks;
+  // Per-thread column sums [B, S] (small: B tiles x S tokens) and a [64, S] scratch.
+  std::vector<std::vector<float>> col(static_cast<size_t>(nt), std::vector<float>(static_cast<size_t>(a.B * a.S), 0.f));
+  std::vector<Status> err(static_cast<size_t>(nt));
+  const auto softmax_colsum = ops_kernels().softmax_colsum;
+  auto body = [&](int tid, int64_t i0, int64_t i1) {
+    std::vector<float> sc(static_cast<size_t>(kRows * a.S));
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t b = it / (a.Hq * blocks), h = (it / blocks) % a.Hq, blk = it % blocks;
+      const int64_t r0 = blk * kRows, rows = std::min(kRows, a.T - r0);
+      GemmBatch g;
+      g.M = rows;
+      g.N = a.S;
+      g.K = D;
+      g.A = q + (b * a.T + r0) * q_stride + h * D;
+      g.lda = q_stride;
+      g.B = k + b * a.S * kv_stride + (h / G) * D;
+      g.ldb = kv_stride;
+      g.b_transposed = true;
+      g.C = sc.data();
+      g.ldc = a.S;
+      g.alpha = a.scale;
+      Status st = gemm_batched(g, nullptr);
+      if (!st.ok()) {
+        err[static_cast<size_t>(tid)] = st;
+        return;
+      }
+      softmax_colsum(sc.data(), rows, a.S, a.S, col[static_cast<size_t>(tid)].data() + b * a.S);
+    }
+  };
+  if (pool == nullptr || nt <= 1 || items <= 1)
+    body(0, 0, items);
+  else
+    pool->parallel_for(items, body, 1);
+  for (const Status& st : err) EV_RETURN_IF_ERROR(st);
+  const float norm = 1.f / (static_cast<float>(a.Hq) * static_cast<float>(a.T));
+  for (int64_t i = 0; i < a.B * a.S; ++i) {
+    float s = 0.f;
+    for (int t = 0; t < nt; ++t) s += col[static_cast<size_t>(t)][static_cast<size_t>(i)];
+    score[i] = s * norm;
   }
   return Status::Ok();
 }

@@ -74,6 +74,14 @@ bool attention_kernel_usable(AttnKernel k, const ref::AttentionDims& a);
 Status attention(const ref::AttentionDims& a, const float* q, const float* k, const float* v, float* out,
                  Precision precision, ThreadPool* pool, AttnKernel force = AttnKernel::kAuto);
 
+// Token importance (graph.h kAttnScore): score [B, S] = the mean over query heads and queries of the attention
+// probabilities softmax_j(scale q_i . k_j). Computed beside the fused kernel rather than inside it, because the
+// fused kernel never holds a row's final softmax normaliser while it still has that row's probabilities: blocks of
+// 64 query rows of one head go through q k^T (oneDNN, f32) into a [64, S] scratch that stays in L2, are softmaxed
+// in place and summed into per-thread column accumulators. Costs one q k^T per scored layer (a third of that
+// layer's attention FLOPs; on SmolVLM-256M shapes ~4% of a ViT layer).
+Status attention_score(const ref::AttentionDims& a, const float* q, const float* k, float* score, ThreadPool* pool);
+
 // ---- internals shared by attention.cpp and attention_avx512.cpp ---------------------------------------------
 namespace attn_detail {
 // Runs one kernel family on all batch elements. Defined per ISA; the _avx512 ones require AVX-512 (and BF16 for

@@ -140,6 +140,21 @@ class CpuBackend final : public Backend {
         return cpu::attention(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(),
                               in[2]->data_as<const float>(), y, precision_, pool_);
       }
+      case OpKind::kAttnScore: {
+        ref::AttentionDims a;
+        a.B = in[0]->dim(0);
+        a.T = in[0]->dim(1);
+        a.S = in[1]->dim(1);
+        a.Hq = n.p.n_heads;
+        a.Hkv = n.p.n_kv_heads;
+        a.D = n.p.head_dim;
+        a.scale = n.p.scale;
+        return cpu::attention_score(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(), y, pool_);
+      }
+      case OpKind::kTopK:  // a partial sort of a few hundred scores per tile
+        ref::top_k_rows(in[0]->data_as<const float>(), in[0]->dim(0), in[0]->dim(1), n.p.row_end,
+                        out.data_as<int32_t>());
+        return Status::Ok();
       case OpKind::kRope: return rope(n, *in[0], y);
       case OpKind::kPatchify: {
         const Tensor& x = *in[0];

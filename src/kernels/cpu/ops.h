@@ -61,6 +61,8 @@ struct OpsKernels {
   void (*rms_norm)(const float* x, int64_t rows, int64_t C, const float* w, float eps, float* y);
   // One token: x, y [H, D]; cos, sin [D/2].
   void (*rope_token)(const float* x, float* y, int H, int D, const float* cos, const float* sin);
+  // rows x n scores s (row stride lds): each row softmaxed in place, then added into col [n].
+  void (*softmax_colsum)(float* s, int64_t rows, int64_t n, int64_t lds, float* col);
 };
 const OpsKernels& ops_kernels_avx2();
 const OpsKernels& ops_kernels_avx512();  // only valid to call when cpu_features().has_avx512_core()

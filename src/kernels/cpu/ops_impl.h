@@ -2,6 +2,7 @@
 // ops.cpp (V8) and ops_avx512.cpp (V16). Internal linkage on purpose (see ops_simd.h).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cpu/ops.h"
@@ -196,6 +197,40 @@ void rope_token_k(const float* x, float* y, int H, int D, const float* cs, const
   }
 }
 
+// For each of `rows` rows of s (row stride lds, n scores): p = softmax(row) in place, col[j] += p[j].
+template <class V>
+void softmax_colsum_k(float* s, int64_t rows, int64_t n, int64_t lds, float* col) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = s + r * lds;
+    typename V::R mx = V::set1(-3.0e38f);
+    int64_t j = 0;
+    for (; j + V::N <= n; j += V::N) mx = V::max(V::load(row + j), mx);
+    float m = V::hmax(mx);
+    for (; j < n; ++j) m = std::max(m, row[j]);
+    const typename V::R vm = V::set1(m);
+    typename V::R acc = V::zero();
+    j = 0;
+    for (; j + V::N <= n; j += V::N) {
+      const typename V::R e = expv<V>(V::sub(V::load(row + j), vm));
+      V::store(row + j, e);
+      acc = V::add(acc, e);
+    }
+    if (j < n) {
+      const int t = static_cast<int>(n - j);
+      const typename V::R e = V::keep_n(expv<V>(V::sub(V::load_n(row + j, t), vm)), t);
+      V::store_n(row + j, e, t);
+      acc = V::add(acc, e);
+    }
+    const typename V::R inv = V::set1(1.f / V::hsum(acc));
+    j = 0;
+    for (; j + V::N <= n; j += V::N) V::store(col + j, V::fmadd(V::load(row + j), inv, V::load(col + j)));
+    if (j < n) {
+      const int t = static_cast<int>(n - j);
+      V::store_n(col + j, V::fmadd(V::load_n(row + j, t), inv, V::load_n(col + j, t)), t);
+    }
+  }
+}
+
 template <class V>
 OpsKernels make_ops_kernels(const char* isa) {
   OpsKernels k;
@@ -208,6 +243,7 @@ OpsKernels make_ops_kernels(const char* isa) {
   k.layer_norm = &layer_norm_k<V>;
   k.rms_norm = &rms_norm_k<V>;
   k.rope_token = &rope_token_k<V>;
+  k.softmax_colsum = &softmax_colsum_k<V>;
   return k;
 }
 

@@ -60,6 +60,22 @@ class RefBackend final : public Backend {
       case OpKind::kSigmoid:
         ref::sigmoid(in[0]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
+      case OpKind::kAttnScore: {
+        ref::AttentionDims a;
+        a.B = in[0]->dim(0);
+        a.T = in[0]->dim(1);
+        a.S = in[1]->dim(1);
+        a.Hq = n.p.n_heads;
+        a.Hkv = n.p.n_kv_heads;
+        a.D = n.p.head_dim;
+        a.scale = n.p.scale;
+        ref::attn_score(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(), y);
+        return Status::Ok();
+      }
+      case OpKind::kTopK:
+        ref::top_k_rows(in[0]->data_as<const float>(), in[0]->dim(0), in[0]->dim(1), n.p.row_end,
+                        out.data_as<int32_t>());
+        return Status::Ok();
       case OpKind::kMeanRows: {
         const Shape& s = in[0]->shape();
         const int64_t B = s.ndim == 3 ? s[0] : 1, R = s.ndim == 3 ? s[1] : s[0];
@@ -112,6 +128,7 @@ class RefBackend final : public Backend {
           const void* row = static_cast<const char*>(table.data()) + static_cast<size_t>(ids[t]) * C * es;
           float* dst = y + t * C;
           switch (table.dtype()) {
+            case DType::kI32: std::memcpy(dst, row, static_cast<size_t>(C) * 4); break;
             case DType::kF32: std::memcpy(dst, row, static_cast<size_t>(C) * 4); break;
             case DType::kBF16: convert_bf16_to_f32(static_cast<const uint16_t*>(row), dst, static_cast<size_t>(C)); break;
             default: convert_f16_to_f32(static_cast<const uint16_t*>(row), dst, static_cast<size_t>(C)); break;

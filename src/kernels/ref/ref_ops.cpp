@@ -71,7 +71,10 @@ Status check_attention_dims(const AttentionDims& a) {
 }
 
 Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Tensor& out) {
-  if (out.dtype() != DType::kF32)
+  // Index outputs: top_k, and get_rows over an i32 table (the bookkeeping of token pruning).
+  const bool int_out = n.op == OpKind::kTopK || (n.op == OpKind::kGetRows && !in.empty() && in[0] &&
+                                                 in[0]->dtype() == DType::kI32);
+  if (out.dtype() != (int_out ? DType::kI32 : DType::kF32))
     return Unsupported(std::string(op_kind_name(n.op)) + " '" + n.name + "': output dtype " +
                        dtype_name(out.dtype()) + " (only f32 activations are produced)");
   if (!out.defined()) return InvalidArgument(std::string(op_kind_name(n.op)) + " '" + n.name + "': no output");
@@ -193,7 +196,7 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
     }
     case OpKind::kGetRows: {
       EV_RETURN_IF_ERROR(need_inputs(n, in, 2, 2));
-      EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "table", true));
+      if (in[0]->dtype() != DType::kI32) EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "table", true));
       if (in[0]->ndim() != 2) return mismatch(n, "table " + shp(*in[0]) + " is not 2-D");
       if (in[1]->dtype() != DType::kI32)
         return Unsupported("get_rows '" + n.name + "': ids dtype " + dtype_name(in[1]->dtype()) + ", expected i32");
@@ -212,6 +215,31 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
       if (base.shape().cols() != src.shape().cols() || src.shape().rows() != in[2]->numel())
         return mismatch(n, "base" + shp(base) + " src" + shp(src) + " idx" + shp(*in[2]));
       if (os.numel() != base.numel()) return mismatch(n, "output " + shp(out) + " for base" + shp(base));
+      return Status::Ok();
+    }
+    case OpKind::kAttnScore: {
+      EV_RETURN_IF_ERROR(need_inputs(n, in, 2, 2));
+      EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "q", false));
+      EV_RETURN_IF_ERROR(need_dtype(n, *in[1], "k", false));
+      const Tensor &q = *in[0], &k = *in[1];
+      const int64_t D = n.p.head_dim;
+      if (q.ndim() != 3 || k.ndim() != 3 || n.p.n_heads <= 0 || n.p.n_kv_heads <= 0 || D <= 0 ||
+          n.p.n_heads % n.p.n_kv_heads != 0 || q.dim(2) != n.p.n_heads * D || k.dim(2) != n.p.n_kv_heads * D ||
+          q.dim(0) != k.dim(0) || q.dim(1) == 0)
+        return mismatch(n, "q" + shp(q) + " k" + shp(k) + " with heads " + std::to_string(n.p.n_heads) + "/" +
+                               std::to_string(n.p.n_kv_heads) + " head_dim " + std::to_string(D));
+      if (os != Shape{k.dim(0), k.dim(1)}) return mismatch(n, "output " + shp(out) + " for k" + shp(k));
+      return Status::Ok();
+    }
+    case OpKind::kTopK: {
+      EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
+      if (in[0]->dtype() != DType::kF32 || in[0]->ndim() != 2)
+        return mismatch(n, "score " + shp(*in[0]) + " must be f32 [B, n]");
+      const int64_t kk = n.p.row_end;
+      if (kk < 1 || kk > in[0]->dim(1))
+        return InvalidArgument("top_k '" + n.name + "': k = " + std::to_string(kk) + " outside [1, " +
+                               std::to_string(in[0]->dim(1)) + "]");
+      if (os.numel() != in[0]->dim(0) * kk) return mismatch(n, "output " + shp(out) + " for k " + std::to_string(kk));
       return Status::Ok();
     }
     case OpKind::kMeanRows: {
@@ -357,6 +385,50 @@ void attention(const AttentionDims& a, const float* q, const float* k, const flo
         for (int64_t d = 0; d < D; ++d) orow[d] = n_keys > 0 ? static_cast<float>(acc[static_cast<size_t>(d)]) : 0.f;
       }
     }
+  }
+}
+
+void attn_score(const AttentionDims& a, const float* q, const float* k, float* score) {
+  const int64_t D = a.D, G = a.Hq / a.Hkv;
+  const int64_t q_stride = static_cast<int64_t>(a.Hq) * D, kv_stride = static_cast<int64_t>(a.Hkv) * D;
+  std::vector<double> s(static_cast<size_t>(std::max<int64_t>(a.S, 1))), col(static_cast<size_t>(a.S));
+  for (int64_t b = 0; b < a.B; ++b) {
+    std::fill(col.begin(), col.end(), 0.0);
+    for (int64_t h = 0; h < a.Hq; ++h) {
+      const int64_t hk = h / G;
+      for (int64_t i = 0; i < a.T; ++i) {
+        const float* qr = q + (b * a.T + i) * q_stride + h * D;
+        double mx = -std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < a.S; ++j) {
+          const float* kr = k + (b * a.S + j) * kv_stride + hk * D;
+          double d = 0.0;
+          for (int64_t e = 0; e < D; ++e) d += static_cast<double>(qr[e]) * kr[e];
+          s[static_cast<size_t>(j)] = d * static_cast<double>(a.scale);
+          mx = std::max(mx, s[static_cast<size_t>(j)]);
+        }
+        double sum = 0.0;
+        for (int64_t j = 0; j < a.S; ++j) sum += (s[static_cast<size_t>(j)] = std::exp(s[static_cast<size_t>(j)] - mx));
+        for (int64_t j = 0; j < a.S; ++j) col[static_cast<size_t>(j)] += s[static_cast<size_t>(j)] / sum;
+      }
+    }
+    const double norm = 1.0 / (static_cast<double>(a.Hq) * static_cast<double>(a.T));
+    for (int64_t j = 0; j < a.S; ++j) score[b * a.S + j] = static_cast<float>(col[static_cast<size_t>(j)] * norm);
+  }
+}
+
+void top_k_rows(const float* score, int64_t B, int64_t n, int64_t k, int32_t* idx) {
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  for (int64_t b = 0; b < B; ++b) {
+    const float* s = score + b * n;
+    for (int64_t j = 0; j < n; ++j) order[static_cast<size_t>(j)] = static_cast<int32_t>(j);
+    // Highest first, ties by lower index; NaN scores rank last (treated as -inf).
+    auto key = [&](int32_t j) { return std::isnan(s[j]) ? -std::numeric_limits<float>::infinity() : s[j]; };
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t x, int32_t y) {
+      const float kx = key(x), ky = key(y);
+      return kx > ky || (kx == ky && x < y);
+    });
+    std::sort(order.begin(), order.begin() + k);
+    for (int64_t i = 0; i < k; ++i) idx[b * k + i] = static_cast<int32_t>(b * n + order[static_cast<size_t>(i)]);
   }
 }
 

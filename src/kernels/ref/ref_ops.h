@@ -80,6 +80,14 @@ Status check_attention_dims(const AttentionDims& a);
 // 0..min(S-1, q_offset+i). A query that sees no key (only possible when S == 0) gets zeros.
 void attention(const AttentionDims& a, const float* q, const float* k, const float* v, float* out);
 
+// Token importance (graph.h kAttnScore): score[b, j] = mean over query heads h and queries i of
+// softmax_j(scale q_i . k_j) (no mask; T > 0). q: [B, T, Hq*D]; k: [B, S, Hkv*D]; score: [B, S].
+void attn_score(const AttentionDims& a, const float* q, const float* k, float* score);
+
+// graph.h kTopK: for each of the B rows of score [B, n], the flat indices b*n + j of its k highest entries
+// (ties: lower j first; NaN ranks lowest), written in ascending j to idx [B*k].
+void top_k_rows(const float* score, int64_t B, int64_t n, int64_t k, int32_t* idx);
+
 // RoPE tables as transformers' LlamaRotaryEmbedding computes them in float32 (default rope type):
 // inv_freq[i] = 1 / theta^(2i/D) (i < D/2), angle = float(pos) * inv_freq[i] rounded to f32, then cos/sin of
 // that f32 angle. cos_out, sin_out: [D/2] (the second half of HF's cat(freqs, freqs) repeats the first).
