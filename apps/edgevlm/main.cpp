@@ -4,6 +4,7 @@
 //   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--svg FILE] [--json]
 //   edgevlm stream   --model DIR --input SRC [--language-hz N] [--realtime] [--events FILE] [--print] [--json]
 //   edgevlm eval     --model DIR (--spec FILE | --seed N --scenarios K) [--every M] [--print] [--json]
+//   edgevlm prune-heads --model DIR --out DIR (--remove FRACTION | --heads N) [--iterative] [--json]
 //   edgevlm sim      (--spec FILE | --seed N [--scenarios K]) [--frames N] [--size WxH] [--out DIR] [--video FILE]
 #include <unistd.h>
 
@@ -19,6 +20,7 @@
 #include "tools/bench.h"
 #include "tools/profile.h"
 #include "tools/eval.h"
+#include "tools/prune_heads.h"
 #include "tools/sim_tool.h"
 #include "tools/stream_tool.h"
 
@@ -156,6 +158,9 @@ int main(int argc, char** argv) {
   ev::EvalOptions ev_opts;
   auto* evalc = app.add_subcommand("eval", "accuracy of a road-scene model against the simulator's ground truth");
   ev::add_eval_options(*evalc, ev_opts);
+  ev::PruneHeadsOptions ph_opts;
+  auto* prune_headsc = app.add_subcommand("prune-heads", "remove the least important vision attention heads of a model");
+  ev::add_prune_heads_options(*prune_headsc, ph_opts);
   ev::SimOptions sim;
   auto* simc = app.add_subcommand("sim", "road-scene simulator: frames, video and exact ground truth");
   ev::add_sim_options(*simc, sim);
@@ -177,6 +182,10 @@ int main(int argc, char** argv) {
   }
   if (*evalc) {
     ev::Status s = ev::run_eval(ev_opts);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*prune_headsc) {
+    ev::Status s = ev::run_prune_heads(ph_opts);
     return s.ok() ? 0 : fail(s);
   }
   if (*simc) {

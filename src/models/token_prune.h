@@ -19,7 +19,7 @@
 //                   and the tower runs on (S/P)^2 patches, with position embeddings looked up as Idefics3 does for
 //                   smaller images (fractional coordinates bucketised into the full grid).
 //
-// The syntax of --prune (tools/prune_option.h parses it for every command):
+// The syntax of --prune (every command: describe, eval, stream, bench, profile; EngineOptions::prune):
 //   none | auto | item[,item...]   item: L:R | llm:R | random[=SEED] | input:S
 //   e.g. "1:0.5,3:0.25", "1:0.5,3:0.25,llm:0.5", "1:0.5,3:0.25,random", "input:160".
 // "auto" is the model's recommended setting: config.json "edgevlm.prune.auto" (a spec in this syntax), else
