@@ -73,7 +73,9 @@ struct VisionRun {
   const PruneSpec* prune = nullptr;
   uint64_t call = 0;  // kRandom: which draw (the engine counts its calls)
   // Head masks (edgevlm prune-heads measures head importance with them): mask[l][h] multiplies head h's output
-  // in layer l (0 removes the head). Empty: no masks.
+  // in layer l (0 removes the head). Empty: no masks. The importance score still averages over every head of a
+  // masked layer (train/prune.py's reference averages over the unmasked ones; a physically pruned model, which is
+  // what prune-heads exports, averages over its remaining heads in both): masks serve calibration, not pruning.
   const std::vector<std::vector<float>>* head_mask = nullptr;
   // Filled by the tower when the connector-token selection (llm_keep < 1) needs it: [B, N] importance of every
   // token of the grid from the last layer's attention (dropped tokens 0).
