@@ -82,16 +82,15 @@ TEST(PruneSpec, KeepCount) {
 
 TEST(TopK, HighestFirstTiesByIndexOutputAscending) {
   const std::vector<float> s = {0.1f, 0.5f, 0.5f, 0.9f, NAN, 0.2f, 0.5f, 0.0f};
-  std::vector<int32_t> idx(3);
-  ev::ref::top_k_rows(s.data(), 2, 4, 3, idx.data());  // rows {0.1 .5 .5 .9} and {nan .2 .5 0}
-  std::vector<int32_t> want = {1, 2, 3};
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(idx[static_cast<size_t>(i)], want[static_cast<size_t>(i)]);
-  std::vector<int32_t> idx2(6);
-  ev::ref::top_k_rows(s.data(), 2, 4, 3, idx2.data());
-  EXPECT_EQ(idx2[0], 1);
-  std::vector<int32_t> row2(3);
-  ev::ref::top_k_rows(s.data() + 4, 1, 4, 3, row2.data());
-  EXPECT_EQ(row2, (std::vector<int32_t>{1, 2, 3}));  // NaN ranks last
+  // Two rows {0.1 .5 .5 .9} and {nan .2 .5 0}: flat indices b*n + j, ascending j, NaN ranked last.
+  std::vector<int32_t> idx(6, -1);
+  ev::ref::top_k_rows(s.data(), 2, 4, 3, idx.data());
+  EXPECT_EQ(idx, (std::vector<int32_t>{1, 2, 3, 5, 6, 7}));
+  // A tie at the cut: of the three 0.5s and 0.9 in {.5 .9 .5 .5}, k = 2 keeps 0.9 and the first 0.5.
+  const std::vector<float> t = {0.5f, 0.9f, 0.5f, 0.5f};
+  std::vector<int32_t> two(2, -1);
+  ev::ref::top_k_rows(t.data(), 1, 4, 2, two.data());
+  EXPECT_EQ(two, (std::vector<int32_t>{0, 1}));
 }
 
 struct ScoreCase {
