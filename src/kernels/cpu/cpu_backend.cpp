@@ -127,28 +127,12 @@ class CpuBackend final : public Backend {
         cpu::swiglu(pool_, in[0]->data_as<const float>(), in[1]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
       case OpKind::kAttention: {
-        ref::AttentionDims a;
-        a.B = in[0]->dim(0);
-        a.T = in[0]->dim(1);
-        a.S = in[1]->dim(1);
-        a.Hq = n.p.n_heads;
-        a.Hkv = n.p.n_kv_heads;
-        a.D = n.p.head_dim;
-        a.scale = n.p.scale;
-        a.causal = n.p.causal;
-        a.q_offset = n.p.q_offset;
+        const ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
         return cpu::attention(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(),
                               in[2]->data_as<const float>(), y, precision_, pool_);
       }
       case OpKind::kAttnScore: {
-        ref::AttentionDims a;
-        a.B = in[0]->dim(0);
-        a.T = in[0]->dim(1);
-        a.S = in[1]->dim(1);
-        a.Hq = n.p.n_heads;
-        a.Hkv = n.p.n_kv_heads;
-        a.D = n.p.head_dim;
-        a.scale = n.p.scale;
+        const ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
         return cpu::attention_score(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(), y, pool_);
       }
       case OpKind::kTopK:  // a partial sort of a few hundred scores per tile

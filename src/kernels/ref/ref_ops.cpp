@@ -388,6 +388,20 @@ void attention(const AttentionDims& a, const float* q, const float* k, const flo
   }
 }
 
+AttentionDims attention_dims(const Node& n, const Tensor& q, const Tensor& k) {
+  AttentionDims a;
+  a.B = q.dim(0);
+  a.T = q.dim(1);
+  a.S = k.dim(1);
+  a.Hq = n.p.n_heads;
+  a.Hkv = n.p.n_kv_heads;
+  a.D = n.p.head_dim;
+  a.scale = n.p.scale;
+  a.causal = n.p.causal;
+  a.q_offset = n.p.q_offset;
+  return a;
+}
+
 void attn_score(const AttentionDims& a, const float* q, const float* k, float* score) {
   const int64_t D = a.D, G = a.Hq / a.Hkv;
   const int64_t q_stride = static_cast<int64_t>(a.Hq) * D, kv_stride = static_cast<int64_t>(a.Hkv) * D;

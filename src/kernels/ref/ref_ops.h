@@ -74,6 +74,8 @@ struct AttentionDims {
   int64_t q_offset = 0;  // query i sits at key position q_offset + i
 };
 Status check_attention_dims(const AttentionDims& a);
+// The dims of a kAttention or kAttnScore node with inputs q [B, T, Hq*D] and k [B, S, Hkv*D].
+AttentionDims attention_dims(const Node& n, const Tensor& q, const Tensor& k);
 
 // out = softmax(q k^T * scale [+ causal mask]) v per (batch, query head); query head h reads kv head h / (Hq/Hkv)
 // (transformers' repeat_kv). q, out: [B, T, Hq*D]; k, v: [B, S, Hkv*D]. Causal: query i sees keys
