@@ -19,11 +19,28 @@
 //                          copies to exceed the L3 (what a 30-layer decode step sees)
 //   Sequence/*             a ViT block (or a text decode step) of GEMMs interleaved with elementwise passes on the
 //                          pool, per threading mode: the end-to-end comparison behind the default
+//
+// INT8 (names start with "i8/"; BENCHMARKS.md "INT8 GEMM kernels"), each shape's variants registered side by side:
+//   i8/linear/<shape>/M=<M>/{f32,bf16,int8,int8-1t,onednn-s8,onednn-s8-gemm}
+//     f32, bf16           our default f32 / bf16 paths (linear_forward)
+//     int8                linear_forward on Precision::kInt8: per-token quantisation + own VNNI GEMM + epilogue
+//     int8-1t             the same on the calling thread only (decides int8_min_parallel_macs)
+//     onednn-s8           oneDNN's s8 x s8 brgemm matmul (weights reordered once, OpenMP team), with our quantiser
+//                         before it and a pass after it for the per-token scales and the bias (oneDNN 2.6 output
+//                         scales are per-N only): what the oneDNN route would cost
+//     onednn-s8-gemm      the oneDNN matmul call alone (its best case)
+//     counters: GOPs (2*M*N*K / s), frac_peak (over the ceiling of the precision: int8 -> int8_gops)
+//   i8/decode/<shape>/M=<M>/{int8,bf16,f32}/{hot,cold}: the decode GEMVs; cold rotates through copies totalling
+//     kColdBytes (2x the L3 this VM reports), counters GBs and frac_bw (over the measured memory-read ceiling)
+//   i8/quantize/<M>x<K>: the activation quantiser alone (GB/s of f32 read)
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <string>
@@ -37,14 +54,16 @@
 #include "kernels/cpu/ceilings.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/ref/ref_quant.h"
 
 namespace ev {
 namespace {
 
 MachineCeilings g_ceil;
 
+// EDGEVLM_THREADS=n (read by this benchmark only) sets the pool size; default: all hardware threads.
 ThreadPool& pool() {
-  static ThreadPool p(0);
+  static ThreadPool p(std::getenv("EDGEVLM_THREADS") ? std::atoi(std::getenv("EDGEVLM_THREADS")) : 0);
   return p;
 }
 
@@ -66,13 +85,19 @@ std::vector<float> random_acts(int64_t n, uint32_t seed) {
   return v;
 }
 
-const char* pname(Precision p) { return p == Precision::kBF16 ? "bf16" : "f32"; }
+const char* pname(Precision p) { return precision_name(p); }
 
-double peak_gflops(Precision p) { return p == Precision::kBF16 ? g_ceil.bf16_gflops : g_ceil.f32_gflops; }
+double peak_gflops(Precision p) {
+  switch (p) {
+    case Precision::kBF16: return g_ceil.bf16_gflops;
+    case Precision::kInt8: return g_ceil.int8_gops;
+    default: return g_ceil.f32_gflops;
+  }
+}
 
 void set_counters(benchmark::State& st, double seconds, int64_t iters, double flops, double bytes, Precision p) {
   const double per = seconds / static_cast<double>(iters);
-  st.counters["GFLOPs"] = flops / per * 1e-9;
+  st.counters[p == Precision::kInt8 ? "GOPs" : "GFLOPs"] = flops / per * 1e-9;
   st.counters["GBs"] = bytes / per * 1e-9;
   st.counters["frac_peak"] = flops / per * 1e-9 / peak_gflops(p);
   st.counters["frac_bw"] = bytes / per * 1e-9 / g_ceil.mem_read_gbs;
@@ -287,6 +312,175 @@ struct Shape3 {
   bool bias;
 };
 
+// ---- INT8 ----------------------------------------------------------------------------------------------------
+constexpr double kColdBytes = 512.0 * (1 << 20);  // rotated decode weights: 2x the 260 MiB L3 this VM reports
+
+// linear_forward of one shape, the weights packed `copies` times (the same values: only the addresses matter).
+void bm_linear_copies(benchmark::State& st, int64_t M, int64_t N, int64_t K, bool bias, Precision prec,
+                      GemmOptions opt, double target_bytes) {
+  Tensor w = random_weight(N, K, 7);
+  if (prec == Precision::kInt8) {
+    // Quantise once; the copies then only re-pack the int8 values.
+    Tensor wf = w.to(DType::kF32).value();
+    Tensor wq = Tensor::empty(DType::kI8, Shape{N, K});
+    auto qp = std::make_shared<QuantParams>();
+    qp->scale = Tensor::empty(DType::kF32, Shape{N});
+    ref::quantize_rows_i8(wf.data_as<float>(), N, K, wq.data_as<int8_t>(), qp->scale.data_as<float>());
+    wq.set_quant(qp);
+    w = wq;
+  }
+  Tensor b = Tensor::empty(DType::kF32, Shape{N});
+  std::memset(b.data(), 0, b.nbytes());
+  std::vector<std::shared_ptr<PackedLinear>> pls;
+  auto r = pack_linear(w, bias ? &b : nullptr, prec);
+  if (!r.ok()) {
+    st.SkipWithError(r.status().to_string().c_str());
+    return;
+  }
+  pls.push_back(r.value());
+  const int copies =
+      std::max(1, static_cast<int>(std::ceil(target_bytes / static_cast<double>(packed_bytes(*pls[0])))));
+  for (int c = 1; c < copies; ++c) pls.push_back(pack_linear(w, bias ? &b : nullptr, prec).value());
+  std::vector<float> x = random_acts(M * K, 1), y(static_cast<size_t>(M * N));
+  set_gemm_options(opt);
+  for (auto& pl : pls) (void)linear_forward(*pl, x.data(), M, y.data(), &pool());
+  size_t i = 0;
+  int64_t iters = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : st) {
+    Status s = linear_forward(*pls[i], x.data(), M, y.data(), &pool());
+    if (!s.ok()) st.SkipWithError(s.to_string().c_str());
+    i = (i + 1) % pls.size();
+    ++iters;
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  set_gemm_options(GemmOptions{});
+  const double bytes = static_cast<double>(packed_bytes(*pls[0])) + 4.0 * static_cast<double>(M * (K + N));
+  set_counters(st, sec, iters, 2.0 * M * N * K, bytes, packed_precision(*pls[0]));
+  st.counters["copies"] = static_cast<double>(copies);
+  st.SetLabel(packed_describe(*pls[0]));
+}
+
+// oneDNN 2.6 int8 matmul: s8 activations (our per-token quantiser) x s8 weights (format any, reordered once),
+// output scales per N (the weight scales), f32 dst; then y = y * sx[m] + bias[n]. gemm_only: the matmul alone.
+void bm_onednn_s8(benchmark::State& st, int64_t M, int64_t N, int64_t K, bool gemm_only) {
+  using namespace dnnl;
+  using dt = memory::data_type;
+  using tag = memory::format_tag;
+  if (!cpu_features().has_avx512_vnni()) {
+    st.SkipWithError("no avx512_vnni");
+    return;
+  }
+  engine eng(engine::kind::cpu, 0);
+  stream s(eng);
+  memory::desc src_md({M, K}, dt::s8, tag::ab), wany({K, N}, dt::s8, tag::any), dst_md({M, N}, dt::f32, tag::ab);
+  std::vector<float> sw(static_cast<size_t>(N), 0.01f), bias(static_cast<size_t>(N), 0.5f);
+  primitive_attr attr;
+  attr.set_output_scales(2, sw);  // constant scales: runtime ones make oneDNN 2.6 drop brgemm for gemm:jit
+  matmul::primitive_desc pd(matmul::desc(src_md, wany, dst_md), attr, eng);
+  matmul prim(pd);
+  // Weights: random s8 in plain [K, N] (format ba = W[N, K] row-major), reordered into oneDNN's layout.
+  memory w_plain({{K, N}, dt::s8, tag::ba}, eng), w_m(pd.weights_desc(), eng);
+  {
+    std::mt19937 rng(3);
+    auto* p = static_cast<int8_t*>(w_plain.get_data_handle());
+    for (int64_t i = 0; i < N * K; ++i) p[i] = static_cast<int8_t>(static_cast<int>(rng() % 255) - 127);
+    reorder(w_plain, w_m).execute(s, w_plain, w_m);
+    s.wait();
+  }
+  std::vector<float> x = random_acts(M * K, 1), sx(static_cast<size_t>(M));
+  std::vector<int32_t> cx(static_cast<size_t>(M));
+  memory src_m(src_md, eng), dst_m(dst_md, eng);
+  auto* q = static_cast<int8_t*>(src_m.get_data_handle());
+  auto* y = static_cast<float*>(dst_m.get_data_handle());
+  auto run = [&] {
+    if (!gemm_only)
+      pool().parallel_for(M, [&](int, int64_t r0, int64_t r1) {
+        gemm_detail::quantize_rows_s8_avx512(x.data() + r0 * K, K, K, nullptr, r1 - r0, q + r0 * K, K,
+                                             sx.data() + r0, cx.data() + r0);
+      });
+    prim.execute(s, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, w_m}, {DNNL_ARG_DST, dst_m}});
+    s.wait();
+    if (!gemm_only)
+      pool().parallel_for(M, [&](int, int64_t r0, int64_t r1) {
+        for (int64_t m = r0; m < r1; ++m)
+          for (int64_t n = 0; n < N; ++n) y[m * N + n] = y[m * N + n] * sx[static_cast<size_t>(m)] + bias[static_cast<size_t>(n)];
+      });
+  };
+  run();
+  int64_t iters = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : st) {
+    run();
+    ++iters;
+  }
+  const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  set_counters(st, sec, iters, 2.0 * M * N * K, static_cast<double>(pd.weights_desc().get_size()), Precision::kInt8);
+  st.SetLabel(pd.impl_info_str());
+}
+
+void bm_quantize(benchmark::State& st, int64_t M, int64_t K) {
+  if (!cpu_features().has_avx512_vnni()) {
+    st.SkipWithError("no avx512_vnni");
+    return;
+  }
+  std::vector<float> x = random_acts(M * K, 4), sx(static_cast<size_t>(M));
+  std::vector<int8_t> q(static_cast<size_t>(M * K));
+  std::vector<int32_t> cx(static_cast<size_t>(M));
+  for (auto _ : st) {
+    gemm_detail::quantize_rows_s8_avx512(x.data(), K, K, nullptr, M, q.data(), K, sx.data(), cx.data());
+    benchmark::DoNotOptimize(q.data());
+  }
+  st.counters["GBs"] =
+      benchmark::Counter(4.0 * static_cast<double>(M * K), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_int8() {
+  const Shape3 prefill[] = {
+      {"vit.qkvo", 1024, 768, 768, true},  {"vit.fc1", 1024, 3072, 768, true}, {"vit.fc2", 1024, 768, 3072, true},
+      {"stu.qkvo", 196, 192, 192, true},   {"stu.fc1", 196, 768, 192, true},   {"stu.fc2", 196, 192, 768, true},
+      {"stu.txt.qo", 100, 256, 256, false}, {"stu.txt.up", 100, 640, 256, false},
+      {"stu.txt.down", 100, 256, 640, false}, {"stu.txt.kv", 100, 128, 256, false},
+  };
+  GemmOptions one_thread;
+  one_thread.int8_min_parallel_macs = int64_t{1} << 62;
+  for (const Shape3& s : prefill) {
+    const std::string base = std::string("i8/linear/") + s.name + "/M=" + std::to_string(s.M) + "/";
+    for (Precision p : {Precision::kF32, Precision::kBF16, Precision::kInt8})
+      benchmark::RegisterBenchmark((base + pname(p)).c_str(), bm_linear, s.M, s.N, s.K, s.bias, p, GemmOptions{}, 1)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((base + "int8-1t").c_str(), bm_linear, s.M, s.N, s.K, s.bias, Precision::kInt8,
+                                 one_thread, 1)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((base + "onednn-s8").c_str(), bm_onednn_s8, s.M, s.N, s.K, false)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark((base + "onednn-s8-gemm").c_str(), bm_onednn_s8, s.M, s.N, s.K, true)
+        ->UseRealTime()
+        ->Unit(benchmark::kMicrosecond);
+  }
+  const Shape3 decode[] = {
+      {"txt.q_o", 1, 576, 576, false},   {"txt.kv", 1, 192, 576, false},      {"txt.gate_up", 1, 1536, 576, false},
+      {"txt.down", 1, 576, 1536, false}, {"txt.lm_head", 1, 49280, 576, false}, {"txt.gate_up", 4, 1536, 576, false},
+      {"txt.lm_head", 4, 49280, 576, false},
+  };
+  for (const Shape3& s : decode)
+    for (bool cold : {true, false})
+      for (Precision p : {Precision::kInt8, Precision::kBF16, Precision::kF32}) {
+        const std::string name = std::string("i8/decode/") + s.name + "/M=" + std::to_string(s.M) + "/" + pname(p) +
+                                 (cold ? "/cold" : "/hot");
+        benchmark::RegisterBenchmark(name.c_str(), bm_linear_copies, s.M, s.N, s.K, s.bias, p, GemmOptions{},
+                                     cold ? kColdBytes : 0.0)
+            ->UseRealTime()
+            ->Unit(benchmark::kMicrosecond);
+      }
+  for (int64_t M : {100, 1024})
+    benchmark::RegisterBenchmark(("i8/quantize/" + std::to_string(M) + "x768").c_str(), bm_quantize, M, 768)
+        ->UseRealTime();
+}
+
 void register_all() {
   const GemmOptions kAuto{};
   const Variant prefill_variants[] = {
@@ -383,6 +577,7 @@ int main(int argc, char** argv) {
   ev::g_ceil = ev::measure_ceilings(&ev::pool(), 1.0);
   std::printf("ceilings: %s\n", ev::to_string(ev::g_ceil).c_str());
   ev::register_all();
+  ev::register_int8();
   benchmark::RunSpecifiedBenchmarks();
   const ev::GemmCacheStats cs = ev::gemm_cache_stats();
   std::printf("oneDNN primitives created: %lld (%.2f ms total, %.3f ms each), cache hits %lld\n",

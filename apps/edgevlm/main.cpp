@@ -1,10 +1,13 @@
 // edgevlm: the command-line program. One subcommand per tool; every subcommand has --json for scripts.
 //   edgevlm describe --model DIR --image FILE [--image FILE...] [--prompt TEXT] [--json]
-//   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--json]
-//   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16] [--svg FILE] [--json]
+//   edgevlm bench    [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16|int8|mixed] [--json]
+//   edgevlm profile  [--model DIR | --shape smolvlm-256m] [--precision auto|f32|bf16|int8|mixed] [--svg FILE] [--json]
 //   edgevlm stream   --model DIR --input SRC [--language-hz N] [--realtime] [--events FILE] [--print] [--json]
 //   edgevlm eval     --model DIR (--spec FILE | --seed N --scenarios K) [--every M] [--print] [--json]
 //   edgevlm prune-heads --model DIR --out DIR (--remove FRACTION | --heads N) [--iterative] [--json]
+//   edgevlm quantize --model DIR --out DIR [--plan auto|int8|FILE] [--calib sim:SEED:N[:EVERY]] [--json FILE] [--svg FILE]
+//   edgevlm validate --reference DIR --candidate DIR [--scenarios K | --video FILE] [--tolerance FILE] [--json FILE]
+//   edgevlm convert  --to gguf|hf --model DIR|GGUF --out DIR [--type f16|q8_0|f32] [--json]
 //   edgevlm sim      (--spec FILE | --seed N [--scenarios K]) [--frames N] [--size WxH] [--out DIR] [--video FILE]
 #include <unistd.h>
 
@@ -18,11 +21,14 @@
 #include "graph/backend.h"
 #include "runtime/engine.h"
 #include "tools/bench.h"
+#include "tools/convert.h"
 #include "tools/profile.h"
 #include "tools/eval.h"
 #include "tools/prune_heads.h"
+#include "tools/quantize.h"
 #include "tools/sim_tool.h"
 #include "tools/stream_tool.h"
+#include "tools/validate.h"
 
 namespace {
 
@@ -131,10 +137,10 @@ int main(int argc, char** argv) {
 
   DescribeArgs d;
   auto* describe = app.add_subcommand("describe", "answer a prompt about one or more images");
-  describe->add_option("--model", d.model, "model directory (Hugging Face layout)")->required();
+  describe->add_option("--model", d.model, "model directory (Hugging Face layout), or a GGUF model (text .gguf + mmproj)")->required();
   describe->add_option("--image", d.images, "JPEG or PNG image (repeatable)")->required();
   describe->add_option("--prompt", d.prompt, "question or instruction");
-  describe->add_option("--precision", d.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
+  describe->add_option("--precision", d.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32, bf16, int8 or mixed (models/quant_plan.h)");
   describe->add_option("--threads", d.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
   describe->add_option("--prune", d.prune, "token pruning of the vision tower: none, auto, L:R,...,llm:R, random, input:S");
   describe->add_option("--max-tokens", d.max_tokens, "maximum new tokens")->check(CLI::Range(0, 1 << 20));
@@ -161,11 +167,25 @@ int main(int argc, char** argv) {
   ev::PruneHeadsOptions ph_opts;
   auto* prune_headsc = app.add_subcommand("prune-heads", "remove the least important vision attention heads of a model");
   ev::add_prune_heads_options(*prune_headsc, ph_opts);
+  ev::QuantizeOptions q_opts;
+  auto* quantizec = app.add_subcommand("quantize", "mixed-precision INT8 model by per-layer sensitivity on calibration frames");
+  ev::add_quantize_options(*quantizec, q_opts);
+  ev::ConvertOptions conv_opts;
+  auto* convertc = app.add_subcommand("convert", "convert a model between the Hugging Face layout and llama.cpp GGUF");
+  ev::add_convert_options(*convertc, conv_opts);
   ev::SimOptions sim;
   auto* simc = app.add_subcommand("sim", "road-scene simulator: frames, video and exact ground truth");
   ev::add_sim_options(*simc, sim);
+  ev::ValidateOptions val_opts;
+  auto* validatec = app.add_subcommand("validate", "semantic drift of an optimised model against its reference (CI gate)");
+  ev::add_validate_options(*validatec, val_opts);
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc != 0 && *validatec ? 2 : rc;  // validate: 1 means a tolerance was exceeded, usage errors are 2
+  }
   if (verbose) ev::set_log_level(ev::LogLevel::kInfo);
   if (*describe) return run_describe(d);
   if (*bench) {
@@ -186,6 +206,15 @@ int main(int argc, char** argv) {
   }
   if (*prune_headsc) {
     ev::Status s = ev::run_prune_heads(ph_opts);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*quantizec) {
+    ev::Status s = ev::run_quantize(q_opts);
+    return s.ok() ? 0 : fail(s);
+  }
+  if (*validatec) return ev::run_validate(val_opts);
+  if (*convertc) {
+    ev::Status s = ev::run_convert(conv_opts);
     return s.ok() ? 0 : fail(s);
   }
   if (*simc) {

@@ -89,6 +89,13 @@ Tensor Tensor::slice_rows(int64_t r0, int64_t r1) const {
   Tensor t = *this;
   t.shape_ = Shape{r1 - r0, cols};
   t.data_ = static_cast<char*>(data_) + static_cast<size_t>(r0 * cols) * dtype_size(dtype_);
+  if (quant_ && quant_->scale.numel() == shape_.rows()) {  // an int8 matrix: its rows' scales go with them
+    auto q = std::make_shared<QuantParams>(*quant_);
+    const Tensor& sc = quant_->scale;
+    q->scale = view(sc.dtype_, Shape{r1 - r0}, static_cast<char*>(sc.data_) + static_cast<size_t>(r0) * dtype_size(sc.dtype_),
+                    sc.owner_);
+    t.quant_ = std::move(q);
+  }
   return t;
 }
 

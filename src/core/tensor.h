@@ -16,6 +16,8 @@ namespace ev {
 
 constexpr int kMaxDims = 4;
 
+struct QuantParams;
+
 struct Shape {
   std::array<int64_t, kMaxDims> d{1, 1, 1, 1};
   int ndim = 0;
@@ -68,12 +70,25 @@ class Tensor {
   const std::string& name() const { return name_; }
   void set_name(std::string n) { name_ = std::move(n); }
 
+  // Quantisation parameters of an int8 weight matrix (nullptr for every other tensor); see QuantParams.
+  const std::shared_ptr<const QuantParams>& quant() const { return quant_; }
+  void set_quant(std::shared_ptr<const QuantParams> q) { quant_ = std::move(q); }
+
  private:
   DType dtype_ = DType::kF32;
   Shape shape_;
   void* data_ = nullptr;
   std::shared_ptr<void> owner_;
   std::string name_;
+  std::shared_ptr<const QuantParams> quant_;
+};
+
+// An int8 weight matrix q [N, K] (dtype kI8) stands for the float matrix W[n, k] = scale[n] * q[n, k] / smooth[k]:
+// symmetric per-output-channel scales, and optionally SmoothQuant's per-input-channel factors, by which the
+// activations are divided before their own (dynamic, per-token) quantisation. Both f32.
+struct QuantParams {
+  Tensor scale;   // f32 [N]
+  Tensor smooth;  // f32 [K], or undefined (all ones)
 };
 
 // 64-byte aligned allocation helpers.

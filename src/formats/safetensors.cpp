@@ -325,26 +325,64 @@ Result<TensorStore> TensorStore::open_dir(const std::string& model_dir) {
   return s;
 }
 
-bool TensorStore::has(std::string_view name) const { return index_.count(std::string(name)) != 0; }
+Result<TensorStore> TensorStore::from_tensors(std::string source,
+                                              std::vector<std::pair<std::string, Tensor>> tensors) {
+  auto mem = std::make_shared<std::unordered_map<std::string, MemoryTensor>>();
+  mem->reserve(tensors.size());
+  for (auto& [name, t] : tensors) {
+    if (name.empty()) return InvalidArgument(source + ": tensor with an empty name");
+    if (!t.defined()) return InvalidArgument(source + ": tensor '" + name + "' is undefined");
+    MemoryTensor m;
+    m.entry.name = name;
+    m.entry.dtype = t.dtype();
+    m.entry.dtype_str = safetensors_dtype_name(t.dtype());
+    m.entry.shape = t.shape().to_vector();
+    m.entry.end = t.nbytes();
+    t.set_name(name);
+    m.tensor = std::move(t);
+    if (!mem->emplace(name, std::move(m)).second) return InvalidArgument(source + ": duplicate tensor name '" + name + "'");
+  }
+  TensorStore s;
+  s.source_ = std::move(source);
+  s.memory_ = std::move(mem);
+  return s;
+}
+
+bool TensorStore::has(std::string_view name) const {
+  const std::string n(name);
+  return index_.count(n) != 0 || (memory_ && memory_->count(n) != 0);
+}
 
 std::vector<std::string> TensorStore::names() const {
   std::vector<std::string> out;
-  out.reserve(index_.size());
+  out.reserve(size());
   for (const auto& kv : index_) out.push_back(kv.first);
+  if (memory_)
+    for (const auto& kv : *memory_) out.push_back(kv.first);
   std::sort(out.begin(), out.end());
   return out;
 }
 
 const SafetensorsEntry* TensorStore::entry(std::string_view name) const {
-  auto it = index_.find(std::string(name));
-  if (it == index_.end()) return nullptr;
-  return files_[it->second]->entry(name);
+  const std::string n(name);
+  auto it = index_.find(n);
+  if (it != index_.end()) return files_[it->second]->entry(name);
+  if (memory_) {
+    auto m = memory_->find(n);
+    if (m != memory_->end()) return &m->second.entry;
+  }
+  return nullptr;
 }
 
 Result<Tensor> TensorStore::get(std::string_view name) const {
-  auto it = index_.find(std::string(name));
-  if (it == index_.end()) return NotFound(source_ + ": no tensor '" + std::string(name) + "'");
-  return files_[it->second]->get(name);
+  const std::string n(name);
+  auto it = index_.find(n);
+  if (it != index_.end()) return files_[it->second]->get(name);
+  if (memory_) {
+    auto m = memory_->find(n);
+    if (m != memory_->end()) return m->second.tensor;  // shares the storage (read it, do not modify it)
+  }
+  return NotFound(source_ + ": no tensor '" + n + "'");
 }
 
 Result<Tensor> TensorStore::get(std::string_view name, const Shape& expected,

@@ -97,11 +97,16 @@ class TensorStore {
   static Result<TensorStore> open_dir(const std::string& model_dir);
   // A store over one safetensors file (e.g. a golden-tensor file).
   static Result<TensorStore> open_file(const std::string& path);
+  // A store over tensors held in memory (owned storage, or views that keep their own storage alive), e.g. the
+  // weights of a GGUF model under their Hugging Face names (formats/gguf_import.h). `source` names the store in
+  // messages. files() is empty for such a store. kInvalidArgument on an empty / duplicate name, an undefined
+  // tensor or a dtype that safetensors cannot name.
+  static Result<TensorStore> from_tensors(std::string source, std::vector<std::pair<std::string, Tensor>> tensors);
 
   bool has(std::string_view name) const;
   // Sorted tensor names.
   std::vector<std::string> names() const;
-  size_t size() const { return index_.size(); }
+  size_t size() const { return index_.size() + (memory_ ? memory_->size() : 0); }
   // Header entry (dtype, shape) without creating a view; nullptr when absent.
   const SafetensorsEntry* entry(std::string_view name) const;
 
@@ -118,6 +123,12 @@ class TensorStore {
   std::string source_;
   std::vector<std::shared_ptr<const SafetensorsFile>> files_;
   std::unordered_map<std::string, size_t> index_;  // tensor name -> position in files_
+  // In-memory tensors (from_tensors) with their synthesized header entries; shared so copies stay cheap.
+  struct MemoryTensor {
+    Tensor tensor;
+    SafetensorsEntry entry;
+  };
+  std::shared_ptr<const std::unordered_map<std::string, MemoryTensor>> memory_;
 };
 
 // Writes tensors to a safetensors file readable by the reference library (huggingface/safetensors) and by

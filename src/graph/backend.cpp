@@ -6,6 +6,7 @@ const char* precision_name(Precision p) {
   switch (p) {
     case Precision::kF32: return "f32";
     case Precision::kBF16: return "bf16";
+    case Precision::kInt8: return "int8";
   }
   return "?";
 }
@@ -17,6 +18,10 @@ bool precision_from_string(const std::string& s, Precision* out) {
   }
   if (s == "bf16" || s == "bfloat16") {
     *out = Precision::kBF16;
+    return true;
+  }
+  if (s == "int8" || s == "i8") {
+    *out = Precision::kInt8;
     return true;
   }
   return false;

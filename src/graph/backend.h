@@ -2,6 +2,7 @@
 // A backend declares which nodes it supports; the executor sends the rest to a fallback (the reference).
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -17,9 +18,22 @@ namespace ev {
 enum class Precision : uint8_t {
   kF32 = 0,   // f32 x f32 -> f32 (bf16/f16 weights are widened once at prepare time)
   kBF16 = 1,  // bf16 x bf16 -> f32 accumulate (activations rounded to bf16 at the GEMM input)
+  kInt8 = 2,  // int8 weights (per-output-channel scales) x int8 activations (dynamic per-token scales) -> s32,
+              // rescaled to f32 (see QuantParams in core/tensor.h)
 };
 const char* precision_name(Precision p);
 bool precision_from_string(const std::string& s, Precision* out);
+
+// Per-Linear precision (mixed-precision plans, models/quant_plan.h): keyed by the weight tensor's full name
+// (Tensor::name(), e.g. "model.vision_model.encoder.layers.0.mlp.fc1.weight"). A float weight planned kInt8 is
+// quantised when the backend packs it (per output channel, after multiplying by `smooth` when given: SmoothQuant
+// factors [K], by which the activations are then divided). Weights the plan does not name use the backend's own
+// precision. An int8 weight (dtype kI8 with Tensor::quant()) is computed in int8 whatever the plan says.
+struct LinearPlan {
+  std::map<std::string, Precision> precision;
+  std::map<std::string, std::shared_ptr<const std::vector<float>>> smooth;
+  bool empty() const { return precision.empty(); }
+};
 
 class Backend {
  public:
@@ -30,6 +44,9 @@ class Backend {
   // can reorder/convert them (e.g. into oneDNN's blocked layout). Must be idempotent and cheap on repeat:
   // backends cache by the weight's data pointer.
   virtual Status prepare_weights(const Graph& g) { return Status::Ok(); }
+  // Replaces the mixed-precision plan (nullptr: none) and drops every packed weight, which the next
+  // prepare_weights / compute packs again under the new plan. Backends without per-Linear precision ignore it.
+  virtual void set_linear_plan(std::shared_ptr<const LinearPlan> plan) {}
   // Compute node `n`. `in[i]` is the i-th input's tensor; `out` is already allocated with n.out_shape.
   virtual Status compute(const Node& n, const std::vector<const Tensor*>& in, Tensor& out) = 0;
 };

@@ -23,9 +23,13 @@ struct NodeTiming {
 // Called after a node ran, with its output; return value ignored. Used for dumping named tensors.
 using TensorCallback = std::function<void(const Node& n, const Tensor& out)>;
 
+// Called before a node runs, with its inputs (e.g. the activations entering each Linear, for calibration).
+using InputsCallback = std::function<void(const Node& n, const std::vector<const Tensor*>& in)>;
+
 struct ExecOptions {
   bool time_nodes = false;        // fill ExecResult::timings (adds a clock read per node)
   TensorCallback on_tensor;        // optional
+  InputsCallback on_inputs;        // optional
 };
 
 struct ExecResult {
@@ -55,6 +59,11 @@ class Executor {
   Backend* backend_;
   Backend* fallback_;
   BufferPool pool_;  // kept across runs so that decode steps reuse buffers
+  // run()'s per-node bookkeeping, kept so that decode steps do not reallocate it (run() is not reentrant).
+  std::vector<TensorId> root_, alias_head_, alias_next_;
+  std::vector<int64_t> last_use_;
+  std::vector<uint8_t> keep_, view_;
+  std::vector<const Tensor*> ins_;
 };
 
 }  // namespace ev

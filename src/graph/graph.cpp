@@ -29,6 +29,7 @@ const char* op_kind_name(OpKind k) {
     case OpKind::kSigmoid: return "sigmoid";
     case OpKind::kAttnScore: return "attn_score";
     case OpKind::kTopK: return "top_k";
+    case OpKind::kCols: return "cols";
     case OpKind::kCount: break;
   }
   return "?";
@@ -136,6 +137,14 @@ TensorId Graph::swiglu(const std::string& name, TensorId gate, TensorId up) {
   return push(make(OpKind::kSwiGLU, name, {gate, up}, shape(gate)));
 }
 
+TensorId Graph::swiglu(const std::string& name, TensorId gate_up) {
+  const Shape& s = shape(gate_up);
+  if (s.ndim < 1 || s.cols() % 2 != 0) return fail(name + ": fused swiglu needs [..., 2C], got " + s.to_string());
+  Shape o = s;
+  o[o.ndim - 1] = s.cols() / 2;
+  return push(make(OpKind::kSwiGLU, name, {gate_up}, o));
+}
+
 TensorId Graph::attention(const std::string& name, TensorId q, TensorId k, TensorId v, int n_heads, int n_kv_heads,
                           int head_dim, float scale, bool causal, int64_t q_offset) {
   const Shape &qs = shape(q), &ks = shape(k), &vs = shape(v);
@@ -211,6 +220,18 @@ TensorId Graph::rows(const std::string& name, TensorId x, int64_t r0, int64_t r1
   Node n = make(OpKind::kRows, name, {x}, Shape{r1 - r0, s.cols()});
   n.p.row_begin = r0;
   n.p.row_end = r1;
+  return push(std::move(n));
+}
+
+TensorId Graph::cols(const std::string& name, TensorId x, int64_t c0, int64_t c1) {
+  const Shape& s = shape(x);
+  if (s.ndim < 1 || c0 < 0 || c1 > s.cols() || c0 >= c1)
+    return fail(name + ": cols [" + std::to_string(c0) + ", " + std::to_string(c1) + ") of " + s.to_string());
+  Shape o = s;
+  o[o.ndim - 1] = c1 - c0;
+  Node n = make(OpKind::kCols, name, {x}, o);
+  n.p.col_begin = c0;
+  n.p.col_end = c1;
   return push(std::move(n));
 }
 
@@ -300,8 +321,15 @@ double node_flops(const Graph& g, const Node& n) {
   }
 }
 
+bool is_view(const Graph& g, const Node& n) {
+  if (n.op == OpKind::kReshape) return true;
+  if (n.op != OpKind::kCols) return false;
+  const Shape& s = g.shape(n.inputs[0]);
+  return s.rows() == 1 || (n.p.col_begin == 0 && n.p.col_end == s.cols());
+}
+
 double node_bytes(const Graph& g, const Node& n) {
-  if (n.op == OpKind::kInput || n.op == OpKind::kReshape) return 0.0;
+  if (n.op == OpKind::kInput || is_view(g, n)) return 0.0;
   double b = static_cast<double>(n.out_shape.numel()) * dtype_size(n.out_dtype);
   for (size_t i = 0; i < n.inputs.size(); ++i) {
     const Node& in = g.node(n.inputs[i]);

@@ -13,6 +13,8 @@
 //   kGeluTanh    in: x                                                                 out: shape of x
 //   kSilu        in: x                                                                 out: shape of x
 //   kSwiGLU      in: gate [..., C], up [..., C]: silu(gate) * up                       out: shape of gate
+//                or one input x [..., 2C] holding [gate | up] in each row (the output of a fused gate/up
+//                Linear)                                                               out: [..., C]
 //   kAttention   in: q [B, T, Hq*D], k [B, S, Hkv*D], v [B, S, Hkv*D]; p.n_heads = Hq, p.n_kv_heads = Hkv,
 //                p.head_dim = D, p.scale, p.causal, p.q_offset (query i sits at key position q_offset + i,
 //                so causal masking allows keys 0..q_offset+i)                          out: [B, T, Hq*D]
@@ -30,6 +32,9 @@
 //                indices b*n + j of each batch element's k highest scores (ties: lower j first), ascending j
 //   kScatterRows in: base [T, C], src [n, C], idx [n] (i32): out = base; out[idx[i]] = src[i]  out: [T, C]
 //   kRows        in: x [..., R, C] seen as [rows, C]; p.row_begin, p.row_end           out: [row_end-row_begin, C]
+//   kCols        in: x [..., C] seen as [rows, C]; p.col_begin, p.col_end               out: [..., col_end-col_begin]
+//                (splits a fused q/k/v Linear output). A view of x (no copy) when x has one row or the range is
+//                all of C (is_view()); otherwise a strided copy by the backend
 //   kCopy        in: x                                                                 out: same shape; with a
 //                preset output (e.g. a KV-cache slice) this writes into that memory
 // All activations are f32; weights may be f32, bf16 or f16 and the backend decides how to compute with them.
@@ -68,6 +73,7 @@ enum class OpKind : uint8_t {
   kSigmoid,
   kAttnScore,
   kTopK,
+  kCols,  // column range of x [..., C]; a view when possible (see is_view())
   kCount
 };
 
@@ -86,6 +92,8 @@ struct OpParams {
   int shuffle = 0;
   int64_t row_begin = 0;
   int64_t row_end = 0;
+  int64_t col_begin = 0;  // kCols
+  int64_t col_end = 0;
 };
 
 using TensorId = int32_t;
@@ -103,6 +111,10 @@ struct Node {
   bool is_weight = false;  // kInput holding model weights (the backend may pre-pack it)
   bool keep = false;       // keep the output alive after the run (graph outputs, dumps)
 };
+
+// Whether node n's output is a view of its input's storage (the executor makes it without calling a backend):
+// kReshape always; kCols when its input has a single row or the column range is all of it.
+bool is_view(const struct Graph& g, const Node& n);
 
 // FLOPs (multiply-add = 2) and bytes moved (inputs read + output written) of one node.
 double node_flops(const struct Graph& g, const Node& n);
@@ -128,6 +140,8 @@ struct Graph {
   TensorId gelu_tanh(const std::string& name, TensorId x);
   TensorId silu(const std::string& name, TensorId x);
   TensorId swiglu(const std::string& name, TensorId gate, TensorId up);
+  // x [..., 2C] = [gate | up] per row (a fused gate/up Linear) -> silu(gate) * up [..., C].
+  TensorId swiglu(const std::string& name, TensorId gate_up);
   TensorId attention(const std::string& name, TensorId q, TensorId k, TensorId v, int n_heads, int n_kv_heads,
                      int head_dim, float scale, bool causal, int64_t q_offset);
   TensorId rope(const std::string& name, TensorId x, int n_heads, int head_dim, float theta, int64_t pos0);
@@ -136,6 +150,8 @@ struct Graph {
   TensorId get_rows(const std::string& name, TensorId table, TensorId ids);
   TensorId scatter_rows(const std::string& name, TensorId base, TensorId src, TensorId idx);
   TensorId rows(const std::string& name, TensorId x, int64_t r0, int64_t r1);
+  // Columns [c0, c1) of x [..., C] -> [..., c1 - c0] (a view when is_view(), else a copy).
+  TensorId cols(const std::string& name, TensorId x, int64_t c0, int64_t c1);
   // Copy x into `dst`'s memory (e.g. a slice of the KV cache); returns the node whose output is dst.
   TensorId copy_into(const std::string& name, TensorId x, const Tensor& dst);
   // Reinterpret shape (no data movement: implemented as a view by the executor).

@@ -34,6 +34,7 @@ class Idefics3Model final : public VlmModel {
     return text_.build(g, x, T, cache, n_logits).logits;
   }
   size_t weight_bytes() const override { return weight_bytes_; }
+  int select_fused_linears(bool on, LinearPlan* plan) override { return text_.select_fused(on, plan); }
 
   VlmConfig cfg_;
   SiglipVisionTower vision_;

@@ -1,9 +1,95 @@
 #include "models/llama_text.h"
 
 #include <cmath>
+#include <cstring>
+#include <memory>
 #include <string>
 
 namespace ev {
+
+namespace {
+
+// "…self_attn.q_proj.weight" -> "…self_attn.qkv_proj.weight": the fused weight's name (what logs, a precision plan
+// and packed_describe() see), following the HF naming of fused projections (Phi-3's qkv_proj and gate_up_proj).
+std::string fused_name(const std::string& first, const char* from, const char* to) {
+  const size_t at = first.rfind(from);
+  if (at == std::string::npos) return first + "." + to;
+  return first.substr(0, at) + to + first.substr(at + std::string(from).size());
+}
+
+bool same_smooth(const Tensor& a, const Tensor& b) {
+  if (!a.data() || !b.data()) return !a.data() && !b.data();
+  if (a.data() == b.data()) return a.numel() == b.numel();
+  return a.numel() == b.numel() && a.dtype() == DType::kF32 && b.dtype() == DType::kF32 &&
+         std::memcmp(a.data(), b.data(), a.nbytes()) == 0;
+}
+
+// Row-concatenation [parts[0]; parts[1]; ...] of tensors with equal dtype, row length and quantisation (none, or
+// int8 per-output-channel scales with the same smoothing factors: the scales concatenate with their rows). An
+// undefined Tensor when they cannot be fused (a part missing, different dtypes, different quantisation).
+Tensor concat_rows(const std::vector<const Tensor*>& parts, const std::string& name) {
+  const Tensor& a = *parts[0];
+  int64_t rows = 0;
+  for (const Tensor* p : parts) {
+    if (!p->data() || p->dtype() != a.dtype() || p->ndim() != a.ndim() || (p->ndim() != 1 && p->ndim() != 2) ||
+        p->shape().cols() != a.shape().cols() || static_cast<bool>(p->quant()) != static_cast<bool>(a.quant()))
+      return Tensor();
+    if (p->quant()) {
+      const QuantParams& q = *p->quant();
+      if (p->ndim() != 2 || q.scale.dtype() != DType::kF32 || q.scale.numel() != p->dim(0) ||
+          !same_smooth(q.smooth, a.quant()->smooth))
+        return Tensor();
+    } else if (p->dtype() == DType::kI8) {
+      return Tensor();  // an int8 matrix needs its scales
+    }
+    rows += a.ndim() == 1 ? p->numel() : p->dim(0);
+  }
+  const Shape shape = a.ndim() == 1 ? Shape{rows} : Shape{rows, a.dim(1)};
+  Tensor out = Tensor::empty(a.dtype(), shape);
+  char* dst = static_cast<char*>(out.data());
+  for (const Tensor* p : parts) {
+    std::memcpy(dst, p->data(), p->nbytes());
+    dst += p->nbytes();
+  }
+  if (a.quant()) {
+    auto q = std::make_shared<QuantParams>();
+    q->scale = Tensor::empty(DType::kF32, Shape{rows});
+    float* sc = q->scale.data_as<float>();
+    for (const Tensor* p : parts) {
+      std::memcpy(sc, p->quant()->scale.data(), p->quant()->scale.nbytes());
+      sc += p->quant()->scale.numel();
+    }
+    q->smooth = a.quant()->smooth;
+    out.set_quant(std::move(q));
+  }
+  out.set_name(name);
+  return out;
+}
+
+// Whether a precision plan treats the weights `ws` alike (so that their fused weight computes exactly what they
+// do); on success *named says whether the plan names them, and *prec / *smooth give its entry.
+bool plan_agrees(const LinearPlan& plan, const std::vector<const Tensor*>& ws, bool* named, Precision* prec,
+                 std::shared_ptr<const std::vector<float>>* smooth) {
+  int n_named = 0;
+  for (size_t i = 0; i < ws.size(); ++i) {
+    auto it = plan.precision.find(ws[i]->name());
+    auto sm = plan.smooth.find(ws[i]->name());
+    const std::shared_ptr<const std::vector<float>> s = sm == plan.smooth.end() ? nullptr : sm->second;
+    if (it != plan.precision.end()) ++n_named;
+    if (i == 0) {
+      *prec = it != plan.precision.end() ? it->second : Precision::kF32;
+      *smooth = s;
+      continue;
+    }
+    if (it != plan.precision.end() && it->second != *prec) return false;
+    const bool same = (!s && !*smooth) || (s && *smooth && (s == *smooth || *s == **smooth));
+    if (!same) return false;
+  }
+  *named = n_named > 0;
+  return n_named == 0 || n_named == static_cast<int>(ws.size());
+}
+
+}  // namespace
 
 Result<LlamaTextModel> LlamaTextModel::load(const WeightLoader& w, const WeightLoader& head, const TextConfig& cfg,
                                             bool tie_word_embeddings) {
@@ -35,6 +121,12 @@ Result<LlamaTextModel> LlamaTextModel::load(const WeightLoader& w, const WeightL
     EV_ASSIGN_OR_RETURN(L.gate_w, w.matrix(p + "mlp.gate_proj.weight", Shape{F, H}));
     EV_ASSIGN_OR_RETURN(L.up_w, w.matrix(p + "mlp.up_proj.weight", Shape{F, H}));
     EV_ASSIGN_OR_RETURN(L.down_w, w.matrix(p + "mlp.down_proj.weight", Shape{H, F}));
+    L.qkv_w = concat_rows({&L.q_w, &L.k_w, &L.v_w}, fused_name(L.q_w.name(), "q_proj", "qkv_proj"));
+    if (cfg.attention_bias && L.qkv_w.data()) {
+      L.qkv_b = concat_rows({&L.q_b, &L.k_b, &L.v_b}, fused_name(L.q_b.name(), "q_proj", "qkv_proj"));
+      if (!L.qkv_b.data()) L.qkv_w = Tensor();
+    }
+    L.gate_up_w = concat_rows({&L.gate_w, &L.up_w}, fused_name(L.gate_w.name(), "gate_proj", "gate_up_proj"));
   }
   EV_ASSIGN_OR_RETURN(W.norm, w.small_f32("norm.weight", Shape{H}));
   if (head.has("lm_head.weight")) {
@@ -45,7 +137,43 @@ Result<LlamaTextModel> LlamaTextModel::load(const WeightLoader& w, const WeightL
     return NotFound("tensor '" + head.resolve("lm_head.weight") +
                     "' is missing and the config does not tie the output head to the embeddings");
   }
+  m.select_fused(true, nullptr);
   return m;
+}
+
+int LlamaTextModel::select_fused(bool on, LinearPlan* plan) {
+  const size_t nl = w_.layers.size();
+  use_qkv_.assign(nl, 0);
+  use_gate_up_.assign(nl, 0);
+  if (!on) return 0;
+  int n = 0;
+  // Fuse `ws` into `fused` if the plan allows it; adds the fused weight's plan entry.
+  auto decide = [&](const Tensor& fused, const std::vector<const Tensor*>& ws) -> bool {
+    if (!fused.data()) return false;
+    if (plan == nullptr || fused.dtype() == DType::kI8) return true;  // int8 weights compute in int8 whatever the plan
+    bool named = false;
+    Precision prec = Precision::kF32;
+    std::shared_ptr<const std::vector<float>> smooth;
+    if (!plan_agrees(*plan, ws, &named, &prec, &smooth)) return false;
+    if (named) {
+      plan->precision[fused.name()] = prec;
+      if (smooth) plan->smooth[fused.name()] = smooth;
+    }
+    return true;
+  };
+  for (size_t l = 0; l < nl; ++l) {
+    const auto& L = w_.layers[l];
+    use_qkv_[l] = decide(L.qkv_w, {&L.q_w, &L.k_w, &L.v_w}) ? 1 : 0;
+    use_gate_up_[l] = decide(L.gate_up_w, {&L.gate_w, &L.up_w}) ? 1 : 0;
+    n += use_qkv_[l] + use_gate_up_[l];
+  }
+  return n;
+}
+
+int LlamaTextModel::fused_groups() const {
+  int n = 0;
+  for (size_t l = 0; l < use_qkv_.size(); ++l) n += use_qkv_[l] + use_gate_up_[l];
+  return n;
 }
 
 TensorId LlamaTextModel::embed(Graph& g, TensorId ids) const {
@@ -67,9 +195,18 @@ TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& c
     auto wt = [&](const char* what, const Tensor& t) { return g.weight(nm(what), t); };
     auto opt_b = [&](const char* what, const Tensor& t) { return t.data() ? g.weight(nm(what), t) : TensorId{-1}; };
     TensorId h = g.rms_norm(nm("attn_norm"), x, wt("attn_norm_w", L.attn_norm), eps);    // [T, H]
-    TensorId q = g.linear(nm("q"), h, wt("q_w", L.q_w), opt_b("q_b", L.q_b));            // [T, Hq*D]
-    TensorId k = g.linear(nm("k"), h, wt("k_w", L.k_w), opt_b("k_b", L.k_b));            // [T, Hkv*D]
-    TensorId v = g.linear(nm("v"), h, wt("v_w", L.v_w), opt_b("v_b", L.v_b));
+    const int64_t qd = static_cast<int64_t>(Hq) * D;
+    TensorId q, k, v;
+    if (use_qkv_[static_cast<size_t>(l)]) {
+      TensorId qkv = g.linear(nm("qkv"), h, wt("qkv_w", L.qkv_w), opt_b("qkv_b", L.qkv_b));  // [T, Hq*D + 2*Hkv*D]
+      q = g.cols(nm("q"), qkv, 0, qd);  // views when T = 1
+      k = g.cols(nm("k"), qkv, qd, qd + kvd);
+      v = g.cols(nm("v"), qkv, qd + kvd, qd + 2 * kvd);
+    } else {
+      q = g.linear(nm("q"), h, wt("q_w", L.q_w), opt_b("q_b", L.q_b));                   // [T, Hq*D]
+      k = g.linear(nm("k"), h, wt("k_w", L.k_w), opt_b("k_b", L.k_b));                   // [T, Hkv*D]
+      v = g.linear(nm("v"), h, wt("v_w", L.v_w), opt_b("v_b", L.v_b));
+    }
     q = g.reshape(nm("q3"), q, Shape{1, T, static_cast<int64_t>(Hq) * D});
     k = g.reshape(nm("k3"), k, Shape{1, T, kvd});
     v = g.reshape(nm("v3"), v, Shape{1, T, kvd});
@@ -86,9 +223,13 @@ TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& c
     a = g.linear(nm("attn_out"), a, wt("o_w", L.o_w), opt_b("o_b", L.o_b));               // [T, H]
     x = g.add(nm("attn_res"), x, a);
     h = g.rms_norm(nm("ffn_norm"), x, wt("ffn_norm_w", L.ffn_norm), eps);
-    TensorId gate = g.linear(nm("gate"), h, wt("gate_w", L.gate_w));                      // [T, F]
-    TensorId up = g.linear(nm("up"), h, wt("up_w", L.up_w));
-    h = g.swiglu(nm("swiglu"), gate, up);
+    if (use_gate_up_[static_cast<size_t>(l)]) {
+      h = g.swiglu(nm("swiglu"), g.linear(nm("gate_up"), h, wt("gate_up_w", L.gate_up_w)));  // [T, 2F] -> [T, F]
+    } else {
+      TensorId gate = g.linear(nm("gate"), h, wt("gate_w", L.gate_w));                    // [T, F]
+      TensorId up = g.linear(nm("up"), h, wt("up_w", L.up_w));
+      h = g.swiglu(nm("swiglu"), gate, up);
+    }
     h = g.linear(nm("down"), h, wt("down_w", L.down_w));                                  // [T, H]
     x = g.add(nm("out"), x, h);
   }

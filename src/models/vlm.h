@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"
+#include "graph/backend.h"
 #include "graph/graph.h"
 #include "models/kv_cache.h"
 #include "models/token_prune.h"
@@ -46,6 +47,12 @@ class VlmModel {
 
   // Bytes of weights this model references (for reports).
   virtual size_t weight_bytes() const = 0;
+
+  // Fused decoder projections (q/k/v and gate/up as one Linear each; models/llama_text.h "Fused projections"):
+  // on = false builds the checkpoint's own Linears (what a precision plan names); on = true fuses every group
+  // `plan` (nullptr: none) treats alike and adds the fused weights' entries to *plan. Returns the number of fused
+  // groups (0 for models without any). Not thread-safe against concurrent graph builds.
+  virtual int select_fused_linears(bool on, LinearPlan* plan) { return 0; }
 };
 
 using VlmFactory = Result<std::unique_ptr<VlmModel>> (*)(const VlmConfig& cfg, const TensorStore& weights);

@@ -9,6 +9,7 @@
 
 #include "core/clock.h"
 #include "core/log.h"
+#include "formats/gguf_import.h"
 #include "kernels/cpu/ceilings.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/ref/ref_ops.h"
@@ -25,8 +26,17 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   std::unique_ptr<Engine> e(new Engine());
   e->dir_ = model_dir;
   e->opt_ = opt;
-  EV_ASSIGN_OR_RETURN(e->cfg_, load_vlm_config(model_dir));
-  EV_ASSIGN_OR_RETURN(e->store_, TensorStore::open_dir(model_dir));
+  // A llama.cpp GGUF pair (text + mmproj) arrives as the JSON objects of the HF files and a store of HF-named
+  // tensors (formats/gguf_import.h); everything below is the same for both layouts.
+  std::optional<ImportedModel> gguf;
+  if (is_gguf_model_path(model_dir)) {
+    EV_ASSIGN_OR_RETURN(gguf, import_gguf_model(model_dir));
+    EV_ASSIGN_OR_RETURN(e->cfg_, parse_vlm_config(gguf->config, gguf->source + " (config)"));
+    e->store_ = gguf->store;
+  } else {
+    EV_ASSIGN_OR_RETURN(e->cfg_, load_vlm_config(model_dir));
+    EV_ASSIGN_OR_RETURN(e->store_, TensorStore::open_dir(model_dir));
+  }
   EV_ASSIGN_OR_RETURN(e->model_, create_vlm(e->cfg_, e->store_));
   EV_ASSIGN_OR_RETURN(std::optional<FastHeadConfig> fh,
                       parse_fast_head_config(e->cfg_.raw, model_dir + "/config.json"));
@@ -39,17 +49,23 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
     EV_ASSIGN_OR_RETURN(e->temporal_, TemporalAdapter::load(e->store_, *ta, e->cfg_.text.hidden_size));
   }
   EV_RETURN_IF_ERROR(e->init_backend());
+  EV_RETURN_IF_ERROR(e->init_plan().with_context(model_dir));
   EV_RETURN_IF_ERROR(e->prepare_weights());
   EV_RETURN_IF_ERROR(e->set_prune(opt.prune).with_context(model_dir));
   if (opt.network_only) {
     e->load_s_ = now_s() - t0;
     return e;
   }
-  EV_ASSIGN_OR_RETURN(e->pre_, load_preprocessor_config(model_dir));
-  EV_ASSIGN_OR_RETURN(e->tok_cfg_, load_tokenizer_config(model_dir));
+  if (gguf) {
+    EV_ASSIGN_OR_RETURN(e->pre_, parse_preprocessor_config(gguf->preprocessor, gguf->source + " (preprocessor)"));
+    EV_ASSIGN_OR_RETURN(e->tok_cfg_, parse_tokenizer_config(gguf->tokenizer_config, gguf->source + " (tokenizer)"));
+  } else {
+    EV_ASSIGN_OR_RETURN(e->pre_, load_preprocessor_config(model_dir));
+    EV_ASSIGN_OR_RETURN(e->tok_cfg_, load_tokenizer_config(model_dir));
+  }
 
-  const std::string tok_path = model_dir + "/tokenizer.json";
-  EV_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::load(tok_path));
+  const std::string tok_path = gguf ? gguf->source + " (tokenizer)" : model_dir + "/tokenizer.json";
+  EV_ASSIGN_OR_RETURN(Tokenizer tok, gguf ? Tokenizer::from_json(gguf->tokenizer, tok_path) : Tokenizer::load(tok_path));
   e->tokenizer_ = std::make_unique<Tokenizer>(std::move(tok));
   if (e->tokenizer_->vocab_size() > e->cfg_.text.vocab_size)
     return ShapeMismatch(tok_path + ": tokenizer has " + std::to_string(e->tokenizer_->vocab_size()) +
@@ -82,13 +98,8 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   return e;
 }
 
-// Packs every Linear weight for the backend now (oneDNN's blocked layout, bf16 conversion), so that load time
-// includes it and the first inference does not pay it.
-Status Engine::prepare_weights() {
-  Backend* be = exec_->backend();
-  Backend* vbe = vision_exec_->backend();
+Status Engine::build_weight_graphs(Graph& gv, Graph& gt) const {
   const int S = model_->tile_size();
-  Graph gv;
   TensorId vout = -1;
   model_->build_vision(gv, gv.input("pixels", Tensor::empty(DType::kF32, Shape{1, 3, S, S})), &vout);
   if (fast_head_) fast_head_->build(gv, vout);
@@ -98,23 +109,86 @@ Status Engine::prepare_weights() {
                      gv.input("memory2", Tensor::empty(DType::kF32, Shape{1, T, H})));
   }
   EV_RETURN_IF_ERROR(gv.status());
-  EV_RETURN_IF_ERROR(vbe->prepare_weights(gv));
-  Graph gt;
   KvCache cache = model_->make_cache(1);
   TensorId x = model_->build_embed(gt, gt.input("ids", Tensor::empty(DType::kI32, Shape{1})));
   model_->build_decoder(gt, x, 1, cache, 1);
-  EV_RETURN_IF_ERROR(gt.status());
-  return be->prepare_weights(gt);
+  return gt.status();
+}
+
+// Packs every Linear weight for the backend now (oneDNN's blocked layout, bf16 conversion, int8 quantisation), so
+// that load time includes it and the first inference does not pay it.
+Status Engine::prepare_weights() {
+  Graph gv, gt;
+  EV_RETURN_IF_ERROR(build_weight_graphs(gv, gt));
+  EV_RETURN_IF_ERROR(vision_exec_->backend()->prepare_weights(gv));
+  return exec_->backend()->prepare_weights(gt);
+}
+
+// Lists the model's Linears and makes the plan of the quantisation mode (before prepare_weights packs them).
+Status Engine::init_plan() {
+  model_->select_fused_linears(false, nullptr);  // list (and let plans name) the checkpoint's own Linears
+  Graph gv, gt;
+  EV_RETURN_IF_ERROR(build_weight_graphs(gv, gt));
+  linears_.clear();
+  for (const Graph* g : {&gv, &gt})
+    for (const Node& n : g->nodes) {
+      if (n.op != OpKind::kLinear || n.inputs.size() < 2) continue;
+      const Node& w = g->node(n.inputs[1]);
+      if (w.op != OpKind::kInput || !w.is_weight) continue;
+      LinearInfo li;
+      li.node = n.name;
+      li.weight = w.bound.name();
+      li.role = classify_linear(li.weight, n.name, &li.layer);
+      li.module = li.role == LinearRole::kOutputHead ? "lm_head"
+                  : li.weight.size() > 7 && li.weight.compare(li.weight.size() - 7, 7, ".weight") == 0
+                      ? li.weight.substr(0, li.weight.size() - 7)
+                      : li.weight;
+      li.n = w.out_shape[0];
+      li.k = w.out_shape.cols();
+      li.dtype = w.bound.dtype();
+      bool seen = false;
+      for (const LinearInfo& o : linears_) seen = seen || o.weight == li.weight;
+      if (!seen && !li.weight.empty()) linears_.push_back(std::move(li));
+    }
+  LinearPlan plan;
+  std::string source;
+  if (!opt_.plan.is_null()) {
+    EV_ASSIGN_OR_RETURN(plan, parse_plan_json(opt_.plan, linears_, "plan"));
+    source = "plan given";
+  } else {
+    EV_ASSIGN_OR_RETURN(plan, plan_for_mode(opt_.quant, linears_, cfg_.raw, &source));
+  }
+  model_->select_fused_linears(true, &plan);  // fuse q/k/v, gate/up where the plan treats them alike
+  plan_ = std::make_shared<const LinearPlan>(std::move(plan));
+  plan_source_ = source;
+  if (backend_) backend_->set_linear_plan(plan_);
+  if (vision_backend_) vision_backend_->set_linear_plan(plan_);
+  ref_backend_->set_linear_plan(plan_);
+  return Status::Ok();
+}
+
+Status Engine::set_linear_plan(LinearPlan plan, const std::string& source) {
+  model_->select_fused_linears(true, &plan);
+  plan_ = std::make_shared<const LinearPlan>(std::move(plan));
+  plan_source_ = source;
+  if (backend_) backend_->set_linear_plan(plan_);
+  if (vision_backend_) vision_backend_->set_linear_plan(plan_);
+  ref_backend_->set_linear_plan(plan_);
+  return prepare_weights();
 }
 
 Status parse_precision_option(const std::string& s, EngineOptions* opt) {
-  if (s == "auto") {
+  opt->quant = QuantMode::kNone;
+  if (s == "auto" || s == "int8" || s == "mixed") {
     opt->precision = cpu_features().has_avx512_bf16() ? Precision::kBF16 : Precision::kF32;
     opt->vision_precision.reset();
+    if (s == "int8") opt->quant = QuantMode::kInt8;
+    if (s == "mixed") opt->quant = QuantMode::kMixed;
     return Status::Ok();
   }
   Precision p;
-  if (!precision_from_string(s, &p)) return InvalidArgument("precision '" + s + "' is not one of auto, f32, bf16");
+  if (!precision_from_string(s, &p) || p == Precision::kInt8)
+    return InvalidArgument("precision '" + s + "' is not one of auto, f32, bf16, int8, mixed");
   opt->precision = p;
   opt->vision_precision = p;
   return Status::Ok();
@@ -213,8 +287,12 @@ std::string Engine::describe_prompt() const {
 }
 
 std::string Engine::precision_label() const {
-  if (text_prec_ == vision_prec_) return precision_name(text_prec_);
-  return std::string("vision ") + precision_name(vision_prec_) + " + text " + precision_name(text_prec_);
+  std::string f = text_prec_ == vision_prec_
+                      ? std::string(precision_name(text_prec_))
+                      : std::string("vision ") + precision_name(vision_prec_) + " + text " + precision_name(text_prec_);
+  const PlanSummary ps = summarize_plan(*plan_, linears_);
+  if (ps.int8_linears == 0) return f;
+  return "int8 (" + std::to_string(ps.int8_linears) + "/" + std::to_string(ps.linears) + " Linear) + " + f;
 }
 
 Status Engine::init_backend() {

@@ -21,6 +21,7 @@
 #include "graph/backend.h"
 #include "graph/executor.h"
 #include "models/fast_head.h"
+#include "models/quant_plan.h"
 #include "models/temporal_adapter.h"
 #include "models/token_prune.h"
 #include "models/vlm.h"
@@ -50,10 +51,16 @@ struct EngineOptions {
   bool network_only = false;
   // Token pruning of the vision tower (models/token_prune.h syntax: "none", "auto", "1:0.5,3:0.25,llm:0.5", ...).
   std::string prune = "none";
+  // INT8 Linear layers (models/quant_plan.h): kInt8 and kMixed make a plan for the model at load; `plan` (a plan
+  // JSON as parse_plan_json reads it) replaces the mode's plan. Layers the plan leaves in float use the precisions
+  // above. Int8 checkpoints compute in int8 whatever this says.
+  QuantMode quant = QuantMode::kNone;
+  nlohmann::json plan;  // null: none
 };
 
 // Parses a --precision value into `opt`: "f32" or "bf16" for every part, "auto" for bf16 text (f32 where the CPU
-// has no avx512_bf16) and the CPU's faster arithmetic for vision.
+// has no avx512_bf16) and the CPU's faster arithmetic for vision; "int8" and "mixed" are auto's float precisions
+// plus the INT8 plan of that mode (models/quant_plan.h).
 Status parse_precision_option(const std::string& s, EngineOptions* opt);
 
 struct GenerateOptions {
@@ -179,8 +186,17 @@ class Engine {
   Executor& vision_executor() { return *vision_exec_; }  // vision tower + connector graphs
   Precision text_precision() const { return text_prec_; }
   Precision vision_precision() const { return vision_prec_; }
-  // "bf16" or "vision f32 + text bf16": for logs and reports.
+  // "bf16", "vision f32 + text bf16", "int8 (74/76 Linear) + vision f32 + text bf16": for logs and reports.
   std::string precision_label() const;
+  // Every Linear of the model (weight, role, shape), in graph order: vision tower, fast head, temporal adapter,
+  // connector, then the text decoder and its output head.
+  const std::vector<LinearInfo>& linears() const { return linears_; }
+  // The mixed-precision plan in force (empty: all float, except int8 checkpoints) and where it came from.
+  const LinearPlan& linear_plan() const { return *plan_; }
+  const std::string& plan_source() const { return plan_source_; }
+  // Replaces the plan and repacks every weight (a few ms for the student; the quantisation tools call this once
+  // per candidate plan). Not thread-safe against a concurrent inference.
+  Status set_linear_plan(LinearPlan plan, const std::string& source);
   double load_seconds() const { return load_s_; }
   const std::string& model_dir() const { return dir_; }
 
@@ -188,6 +204,9 @@ class Engine {
   Engine() = default;
   Status init_backend();
   Status prepare_weights();
+  Status init_plan();
+  // The graphs prepare_weights packs: one vision tile (with fast head and temporal adapter) and one decode step.
+  Status build_weight_graphs(Graph& gv, Graph& gt) const;
 
   std::string dir_;
   EngineOptions opt_;
@@ -206,6 +225,9 @@ class Engine {
   Precision text_prec_ = Precision::kBF16, vision_prec_ = Precision::kBF16;
   std::vector<int32_t> stop_ids_;
   double load_s_ = 0;
+  std::vector<LinearInfo> linears_;
+  std::shared_ptr<const LinearPlan> plan_ = std::make_shared<LinearPlan>();
+  std::string plan_source_ = "none";
   PruneSpec prune_;
   std::vector<std::vector<float>> head_mask_;
   uint64_t vision_calls_ = 0;  // draws of the random-drop baseline

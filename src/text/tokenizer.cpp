@@ -900,10 +900,21 @@ constexpr int64_t kMaxId = (int64_t{1} << 31) - 2;
 }  // namespace
 
 Result<Tokenizer> Tokenizer::from_json_string(std::string_view text, const std::string& source_name) {
+  json root;
+  try {
+    root = json::parse(text.begin(), text.end());
+  } catch (const json::exception& e) {
+    return Corrupt(source_name + ": invalid tokenizer JSON: " + e.what());
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::kOutOfMemory, source_name + ": out of memory while loading the tokenizer");
+  }
+  return from_json(root, source_name);
+}
+
+Result<Tokenizer> Tokenizer::from_json(const json& root, const std::string& source_name) {
   auto impl = std::make_shared<Impl>();
   impl->source = source_name;
   try {
-    const json root = json::parse(text.begin(), text.end());
     if (!root.is_object()) fail("top level must be a JSON object");
 
     // ---- model

@@ -23,6 +23,8 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "core/status.h"
 
 namespace ev::text {
@@ -47,6 +49,8 @@ class Tokenizer {
   static Result<Tokenizer> load(const std::string& tokenizer_json_path);
   // Same from the JSON text (used by the fuzzer and tests); source_name appears in error messages.
   static Result<Tokenizer> from_json_string(std::string_view json, const std::string& source_name = "<memory>");
+  // Same from an already parsed tokenizer.json object (e.g. one synthesized from a GGUF vocabulary).
+  static Result<Tokenizer> from_json(const nlohmann::json& root, const std::string& source_name = "<memory>");
 
   // Token ids of text. add_special_tokens applies the post-processor template (e.g. a BOS token). Special and
   // other added tokens written in the text are matched as tokens. Invalid UTF-8 in text is first repaired

@@ -13,6 +13,7 @@
 #include "core/thread_pool.h"
 #include "graph/backend.h"
 #include "kernels/cpu/ceilings.h"
+#include "models/quant_plan.h"
 #include "models/token_prune.h"
 #include "runtime/engine.h"
 #include "tools/random_model.h"
@@ -106,6 +107,130 @@ double jnum(const nlohmann::json& j, const char* a, const char* b = nullptr, dou
 
 }  // namespace
 
+// The precisions of --precision side by side: one engine each on the same model, every stage timed round-robin
+// (one pass of every engine per repeat) so that they share the machine's load.
+Result<nlohmann::json> precision_variants(const BenchOptions& o, const std::string& dir, const std::set<std::string>& stages,
+                                          const MachineCeilings& ceil, StatusLine& sl) {
+  struct Variant {
+    std::string name;
+    std::unique_ptr<Engine> eng;
+    std::vector<double> vision, vision_linear, prefill, decode;
+  };
+  std::vector<Variant> vs;
+  for (const std::string& p : o.precisions) {
+    EngineOptions eo;
+    EV_RETURN_IF_ERROR(parse_precision_option(p, &eo).with_context("--precision " + p));
+    eo.threads = o.threads;
+    eo.network_only = true;
+    sl.update("precision variants: loading %s ...", p.c_str());
+    auto e = Engine::load(dir, eo);
+    if (!e.ok()) return e.status().with_context("--precision " + p);
+    vs.push_back({p, std::move(e).value(), {}, {}, {}, {}});
+  }
+  const VlmModel& m0 = vs[0].eng->model();
+  const int S = m0.tile_size();
+  const Tensor px = random_pixels(1, S, o.seed);
+  const int64_t V = m0.vocab_size(), P = o.prefill_tokens;
+  const int64_t D = std::min<int64_t>(o.decode_tokens, 32);
+  const std::vector<int32_t> prompt = random_token_ids(P, V, vs[0].eng->config().image_token_id, o.seed);
+  const std::vector<int32_t> next = random_token_ids(D + 1, V, vs[0].eng->config().image_token_id, o.seed + 1);
+  std::vector<Graph> vgraphs(vs.size());
+  for (size_t k = 0; k < vs.size(); ++k) {
+    vs[k].eng->model().build_vision(vgraphs[k], vgraphs[k].input("pixels", px), nullptr);
+    EV_RETURN_IF_ERROR(vgraphs[k].status());
+  }
+  auto decode_run = [&](Variant& v, std::vector<double>* per_token) -> Status {
+    KvCache cache = v.eng->model().make_cache(P + D + 2);
+    EV_ASSIGN_OR_RETURN(Tensor l0, v.eng->forward_text(prompt, Tensor(), cache, 1));
+    (void)l0;
+    const double t0 = now_s();
+    for (int64_t s = 0; s < D; ++s) {
+      EV_ASSIGN_OR_RETURN(Tensor l, v.eng->forward_text({next[static_cast<size_t>(s)]}, Tensor(), cache, 1));
+      (void)l;
+    }
+    if (per_token && D > 0) per_token->push_back((now_s() - t0) / static_cast<double>(D));
+    return Status::Ok();
+  };
+  // Warm-up: one pass of everything per engine.
+  for (Variant& v : vs) {
+    sl.update("precision variants: warm-up %s ...", v.name.c_str());
+    if (stages.count("vision")) EV_RETURN_IF_ERROR(v.eng->encode_tiles(px).status());
+    if (stages.count("decode") || stages.count("prefill")) EV_RETURN_IF_ERROR(decode_run(v, nullptr));
+  }
+  for (int r = 0; r < o.repeats; ++r)
+    for (size_t k = 0; k < vs.size(); ++k) {
+      Variant& v = vs[k];
+      sl.update("precision variants %d/%d: %s ...", r + 1, o.repeats, v.name.c_str());
+      if (stages.count("vision")) {
+        double t0 = now_s();
+        EV_RETURN_IF_ERROR(v.eng->encode_tiles(px).status());
+        v.vision.push_back(now_s() - t0);
+        EV_ASSIGN_OR_RETURN(NodeTimes nt, time_nodes(v.eng->vision_executor(), vgraphs[k], 1));
+        double lin = 0;
+        for (size_t i = 0; i < vgraphs[k].nodes.size(); ++i)
+          if (vgraphs[k].nodes[i].op == OpKind::kLinear) lin += nt.median[i];
+        v.vision_linear.push_back(lin);
+      }
+      if (stages.count("prefill")) {
+        KvCache cache = v.eng->model().make_cache(P + 1);
+        const double t0 = now_s();
+        EV_RETURN_IF_ERROR(v.eng->forward_text(prompt, Tensor(), cache, 1).status());
+        v.prefill.push_back(now_s() - t0);
+      }
+      if (stages.count("decode") && D > 0) EV_RETURN_IF_ERROR(decode_run(v, &v.decode));
+    }
+  nlohmann::json out = nlohmann::json::array();
+  const double base_v = vs[0].vision.empty() ? 0 : summarize(vs[0].vision).median;
+  const double base_l = vs[0].vision_linear.empty() ? 0 : summarize(vs[0].vision_linear).median;
+  const double base_d = vs[0].decode.empty() ? 0 : summarize(vs[0].decode).median;
+  for (size_t k = 0; k < vs.size(); ++k) {
+    Variant& v = vs[k];
+    nlohmann::json e;
+    e["precision"] = v.name;
+    e["label"] = v.eng->precision_label();
+    e["plan"] = v.eng->plan_source();
+    const PlanSummary ps = summarize_plan(v.eng->linear_plan(), v.eng->linears());
+    e["int8_linears"] = ps.int8_linears;
+    e["linears"] = ps.linears;
+    if (!v.vision.empty()) {
+      const GraphCost c = graph_cost(vgraphs[k], v.eng->vision_precision(), &v.eng->linear_plan());
+      const double med = summarize(v.vision).median, lin = summarize(v.vision_linear).median;
+      e["vision"] = to_json(summarize(v.vision));
+      e["vision"]["speedup"] = med > 0 ? base_v / med : 0.0;
+      e["vision"]["gflops"] = c.flops / med * 1e-9;
+      e["vision_linear"] = {{"median_s", lin},
+                            {"speedup", lin > 0 ? base_l / lin : 0.0},
+                            {"gops", lin > 0 ? c.linear_flops / lin * 1e-9 : 0.0},
+                            {"int8_share_of_flops", c.linear_flops > 0 ? c.int8_linear_flops / c.linear_flops : 0.0}};
+    }
+    if (!v.prefill.empty()) {
+      const double med = summarize(v.prefill).median;
+      e["prefill"] = to_json(summarize(v.prefill));
+      e["prefill"]["tokens_per_s"] = static_cast<double>(P) / med;
+    }
+    if (!v.decode.empty()) {
+      KvCache cache = v.eng->model().make_cache(P + D + 2);
+      cache.set_size(P + D / 2);
+      Graph g;
+      Tensor ids_t = Tensor::empty(DType::kI32, Shape{1});
+      TensorId x = v.eng->model().build_embed(g, g.input("ids", ids_t));
+      v.eng->model().build_decoder(g, x, 1, cache, 1);
+      EV_RETURN_IF_ERROR(g.status());
+      const GraphCost c = graph_cost(g, v.eng->text_precision(), &v.eng->linear_plan());
+      const double med = summarize(v.decode).median;
+      e["decode"] = to_json(summarize(v.decode), "_s_per_token");
+      e["decode"]["tokens_per_s"] = 1.0 / med;
+      e["decode"]["speedup"] = base_d / med;
+      e["decode"]["bytes_per_token"] = c.bytes;
+      e["decode"]["weight_bytes_per_token"] = c.weight_bytes;
+      e["decode"]["gbs"] = c.bytes / med * 1e-9;
+      e["decode"]["fraction_of_bandwidth"] = c.bytes / med * 1e-9 / ceil.mem_read_gbs;
+    }
+    out.push_back(e);
+  }
+  return out;
+}
+
 void add_bench_options(CLI::App& app, BenchOptions& o) {
   auto* model = app.add_option("--model", o.model, "model directory (Hugging Face layout); default: a random model of --shape");
   app.add_option("--shape", o.shape, "random-weight model shape when --model is not given: smolvlm-256m, smolvlm-500m, tiny")
@@ -113,7 +238,14 @@ void add_bench_options(CLI::App& app, BenchOptions& o) {
   app.add_option("--weights-dtype", o.weights_dtype, "on-disk dtype of the generated model: bf16, f32, f16");
   app.add_option("--keep-model", o.keep_model, "write the generated model into this directory and keep it");
   app.add_option("--seed", o.seed, "seed of the random weights, pixels and token ids");
-  app.add_option("--precision", o.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
+  app.add_option_function<std::vector<std::string>>(
+      "--precision",
+      [&o](const std::vector<std::string>& v) {
+        o.precisions = v;
+        if (!v.empty()) o.precision = v.front();
+      },
+      "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32, bf16, int8 or mixed "
+      "(models/quant_plan.h); repeatable: the precisions are then compared side by side, round-robin in one run");
   app.add_option("--threads", o.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--repeats", o.repeats, "timed runs per stage, after one warm-up")->check(CLI::Range(1, 100000));
   app.add_option("--load-repeats", o.load_repeats, "model loads to time")->check(CLI::Range(1, 1000));
@@ -411,6 +543,9 @@ Result<nlohmann::json> bench_json(const BenchOptions& o) {
     d["gflops"] = cost.flops / st.median * 1e-9;
     j["decode"] = d;
   }
+  if (o.precisions.size() > 1) {
+    EV_ASSIGN_OR_RETURN(j["precision_variants"], precision_variants(o, bm.dir, stages, ceil, sl));
+  }
   sl.done();
 
   bool exact = false;
@@ -513,6 +648,25 @@ std::string bench_table(const nlohmann::json& j) {
       for (const auto& [share, name] : ops)
         if (share >= 0.001) o += " " + name + " " + fmt_percent(share);
       o += "\n";
+    }
+    if (j.contains("precision_variants")) {
+      o += "\nprecisions side by side (round-robin in one run; speed-up against the first):\n";
+      TextTable pt({"precision", "int8 Linear", "vision tile", "speed-up", "vision GEMMs", "speed-up", "GEMM GOP/s",
+                    "prefill tok/s", "decode ms/token", "tok/s", "of bandwidth"});
+      for (const auto& v : j["precision_variants"]) {
+        const bool hv = v.contains("vision"), hd = v.contains("decode"), hp = v.contains("prefill");
+        pt.add_row({v.value("precision", ""), strf("%d/%d", v.value("int8_linears", 0), v.value("linears", 0)),
+                    hv ? fmt_seconds(v["vision"].value("median_s", 0.0)) : "-",
+                    hv ? strf("%.2fx", v["vision"].value("speedup", 0.0)) : "-",
+                    hv ? fmt_seconds(v["vision_linear"].value("median_s", 0.0)) : "-",
+                    hv ? strf("%.2fx", v["vision_linear"].value("speedup", 0.0)) : "-",
+                    hv ? strf("%.0f", v["vision_linear"].value("gops", 0.0)) : "-",
+                    hp ? strf("%.0f", v["prefill"].value("tokens_per_s", 0.0)) : "-",
+                    hd ? strf("%.2f", 1e3 * v["decode"].value("median_s_per_token", 0.0)) : "-",
+                    hd ? strf("%.1f", v["decode"].value("tokens_per_s", 0.0)) : "-",
+                    hd ? fmt_percent(v["decode"].value("fraction_of_bandwidth", 0.0)) : "-"});
+      }
+      o += pt.render();
     }
     if (j.contains("vision_variants")) {
       o += "\nvision stage per --prune variant (round-robin in one run):\n";

@@ -54,6 +54,10 @@ struct BenchOptions {
   // --prune SPEC (repeatable): the vision stage of each token-pruning setting (models/token_prune.h), measured
   // round-robin in one run (one timed pass of every variant per repeat) so that they share the machine's load.
   std::vector<std::string> prune;
+  // --precision P (repeatable): with several, the first is the main run above and every one (the first included)
+  // is then loaded as an engine of its own and timed round-robin (vision tile, its Linear nodes, prefill, decode)
+  // in one run: "precision_variants".
+  std::vector<std::string> precisions;
 };
 
 // Registers the options above on a CLI11 (sub)command.

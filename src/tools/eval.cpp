@@ -12,6 +12,7 @@
 #include "runtime/engine.h"
 #include "runtime/semantic_state.h"
 #include "sim/simulator.h"
+#include "tools/eval_scoring.h"
 #include "tools/report.h"
 #include "tools/sim_frames.h"
 
@@ -230,13 +231,7 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
       return InvalidArgument("--prune " + v.label + ": the model's tile size " +
                              std::to_string(v.eng->model().tile_size()) + " differs from " + std::to_string(S));
     // Fast-head classes -> sim hazard bits, by name.
-    if (const FastHead* fh = v.eng->fast_head())
-      for (const auto& c : fh->config().classes) {
-        int bit = -1;
-        for (size_t k = 0; k < sim::kHazardNames.size(); ++k)
-          if (c == sim::kHazardNames[k]) bit = static_cast<int>(k);
-        v.class_bit.push_back(bit);
-      }
+    if (const FastHead* fh = v.eng->fast_head()) v.class_bit = fast_head_hazard_bits(*fh);
     v.hz.resize(v.class_bit.size());
     for (const char* f : sim::kDescriptionFields) v.field_ok[f] = 0;
   }
@@ -277,18 +272,14 @@ Result<nlohmann::json> eval_json(const EvalOptions& o) {
         v.t_model += now_s() - ts;
         v.vision_s.push_back(r.stats.vision_s);
         v.tokens = v.eng->pruned_tokens_per_tile();
-        auto got = sim::parse_description(r.text);
-        bool all = got.ok();
-        if (!got.ok()) ++v.unparsed;
-        for (const char* fld : sim::kDescriptionFields) {
-          const bool ok = got.ok() && got->count(fld) && got->at(fld) == want.at(fld);
-          v.field_ok[fld] += ok;
-          all = all && ok;
-        }
+        const DescriptionScore sc = score_description(r.text, want);
+        const bool all = sc.all;
+        if (!sc.parsed) ++v.unparsed;
+        for (const char* fld : sim::kDescriptionFields) v.field_ok[fld] += sc.field_ok.at(fld);
         v.exact += all;
         if (vi == 0) sexact += all;
         {
-          const Fields out = got.ok() ? *got : Fields{};
+          const Fields& out = sc.got;
           const Fields before = v.reported.fields();
           v.scorer.on_output(out, v.reported.update(out), before, want);
           v.scorer.on_frame(v.reported.fields(), want, static_cast<double>(truth.frame) / specs[si].fps);

@@ -166,7 +166,7 @@ void add_profile_options(CLI::App& app, ProfileOptions& o) {
   app.add_option("--weights-dtype", o.weights_dtype, "on-disk dtype of the generated model: bf16, f32, f16");
   app.add_option("--keep-model", o.keep_model, "write the generated model into this directory and keep it");
   app.add_option("--seed", o.seed, "seed of the random weights, pixels and token ids");
-  app.add_option("--precision", o.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32 or bf16");
+  app.add_option("--precision", o.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32, bf16, int8 or mixed (models/quant_plan.h)");
   app.add_option("--threads", o.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
   app.add_option("--prune", o.prune, "token pruning of the vision pass: none, auto, L:R,...,llm:R, random, input:S");
   app.add_option("--part", o.part, "what to profile: vision, prefill, decode or all")

@@ -129,7 +129,7 @@ Result<HeadCalibration> HeadCalibration::create(Engine& eng, std::vector<Image> 
 
 Status HeadCalibration::teacher_forced(Engine& eng, const HeadMask& mask,
                                        const std::function<Status(size_t, const Tensor&)>& fn,
-                                       const HeadProgress& progress) const {
+                                       const HeadProgress& progress, const ExecOptions& exec) const {
   const int64_t n = static_cast<int64_t>(images_.size());
   const int64_t S = pixels_.dim(2);
   if (eng.model().tile_size() != S)
@@ -144,7 +144,7 @@ Status HeadCalibration::teacher_forced(Engine& eng, const HeadMask& mask,
   for (int64_t b0 = 0; b0 < n; b0 += kBatch) {
     const int64_t b1 = std::min(n, b0 + kBatch);
     EV_ASSIGN_OR_RETURN(Tensor px, pixels_.slice_rows(b0 * 3 * S, b1 * 3 * S).reshape(Shape{b1 - b0, 3, S, S}));
-    EV_ASSIGN_OR_RETURN(Tensor emb, eng.encode_tiles(px));  // [b, T, H]
+    EV_ASSIGN_OR_RETURN(Tensor emb, eng.encode_tiles(px, nullptr, exec));  // [b, T, H]
     const int64_t T = emb.dim(1);
     if (T != prompt_tokens_per_tile) {
       // The prompt as generate_encoded() builds it for one unsplit image of T tokens.
@@ -161,7 +161,7 @@ Status HeadCalibration::teacher_forced(Engine& eng, const HeadMask& mask,
       KvCache cache = eng.model().make_cache(static_cast<int64_t>(ids.size()) + 1);
       const Tensor e = emb.slice_rows((i - b0) * T, (i - b0 + 1) * T);
       // Rows: the last prompt position (predicting the answer's first token) .. the answer's last token.
-      auto logits = eng.forward_text(ids, e, cache, static_cast<int64_t>(answer.size()) + 1);
+      auto logits = eng.forward_text(ids, e, cache, static_cast<int64_t>(answer.size()) + 1, exec);
       if (!logits.ok()) return logits.status().with_context("calibration image " + std::to_string(i));
       EV_ASSIGN_OR_RETURN(Tensor lf, as_f32(*logits));
       EV_RETURN_IF_ERROR(fn(static_cast<size_t>(i), lf));
@@ -171,9 +171,14 @@ Status HeadCalibration::teacher_forced(Engine& eng, const HeadMask& mask,
   return Status::Ok();
 }
 
+Status HeadCalibration::observe(Engine& eng, const ExecOptions& exec, const HeadProgress& progress) const {
+  return teacher_forced(eng, {}, [](size_t, const Tensor&) { return Status::Ok(); }, progress, exec);
+}
+
 Result<double> HeadCalibration::kl(Engine& eng, const HeadMask& mask, std::vector<double>* per_image,
-                                   const HeadProgress& progress) const {
+                                   const HeadProgress& progress, double* top1) const {
   std::vector<double> v(images_.size(), 0.0);
+  int64_t agree = 0, positions = 0;
   EV_RETURN_IF_ERROR(teacher_forced(
       eng, mask,
       [&](size_t i, const Tensor& logits) -> Status {
@@ -181,13 +186,21 @@ Result<double> HeadCalibration::kl(Engine& eng, const HeadMask& mask, std::vecto
         if (static_cast<size_t>(logits.numel()) != ref.size())
           return Internal("calibration image " + std::to_string(i) + ": " + std::to_string(logits.numel()) +
                           " logits against " + std::to_string(ref.size()) + " of the reference");
-        v[i] = mean_kl(ref.data(), logits.data_as<const float>(), static_cast<int64_t>(ref.size()) / vocab_, vocab_);
+        const int64_t rows = static_cast<int64_t>(ref.size()) / vocab_;
+        v[i] = mean_kl(ref.data(), logits.data_as<const float>(), rows, vocab_);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* a = ref.data() + r * vocab_;
+          const float* b = logits.data_as<const float>() + r * vocab_;
+          agree += std::max_element(a, a + vocab_) - a == std::max_element(b, b + vocab_) - b;
+        }
+        positions += rows;
         return Status::Ok();
       },
       progress));
   double s = 0;
   for (double x : v) s += x;
   if (per_image) *per_image = v;
+  if (top1) *top1 = positions > 0 ? static_cast<double>(agree) / static_cast<double>(positions) : 1.0;
   return v.empty() ? 0.0 : s / static_cast<double>(v.size());
 }
 
@@ -574,13 +587,6 @@ Status check_prune_heads_options(const PruneHeadsOptions& o) {
   return Status::Ok();
 }
 
-namespace {
-
-struct FieldScore {
-  double mean = 0, exact = 0;
-  int64_t unparsed = 0;
-};
-
 FieldScore score_fields(const std::vector<std::string>& answers,
                         const std::vector<std::map<std::string, std::string>>& truth) {
   FieldScore s;
@@ -601,6 +607,8 @@ FieldScore score_fields(const std::vector<std::string>& answers,
   s.exact = static_cast<double>(exact) / n;
   return s;
 }
+
+namespace {
 
 nlohmann::json ms_json(std::vector<double> s) {
   return {{"p50", 1e3 * quantile(s, 0.5)}, {"p10", 1e3 * quantile(s, 0.1)}, {"p90", 1e3 * quantile(s, 0.9)}};

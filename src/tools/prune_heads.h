@@ -39,6 +39,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "formats/hf_config.h"
+#include "graph/executor.h"
 #include "perception/image.h"
 
 namespace CLI {
@@ -77,8 +78,12 @@ class HeadCalibration {
   // Mean over images of the mean over answer positions (the position before the answer's first token through
   // its last) of KL(reference || eng with `mask`), in nats. per_image: each image's value.
   // The vision tower runs once per call on all images (in batches); the mask is cleared afterwards.
+  // *top1: the fraction of answer positions where both distributions have the same most likely token.
   Result<double> kl(Engine& eng, const HeadMask& mask, std::vector<double>* per_image = nullptr,
-                    const HeadProgress& progress = nullptr) const;
+                    const HeadProgress& progress = nullptr, double* top1 = nullptr) const;
+  // The same teacher-forced passes with `exec` (e.g. ExecOptions::on_inputs to collect the activations entering
+  // every Linear for quantisation), results discarded.
+  Status observe(Engine& eng, const ExecOptions& exec, const HeadProgress& progress = nullptr) const;
   // Greedy answers of `eng` with `mask` (as the reference's were made).
   Result<std::vector<std::string>> answers(Engine& eng, const HeadMask& mask,
                                            const HeadProgress& progress = nullptr) const;
@@ -96,7 +101,7 @@ class HeadCalibration {
   // The teacher-forced prefill of every image's prompt + reference answer on `eng` with `mask` (vision in
   // batches of kBatch tiles); `fn` gets each image's logits [n_answer + 1, V].
   Status teacher_forced(Engine& eng, const HeadMask& mask, const std::function<Status(size_t, const Tensor&)>& fn,
-                        const HeadProgress& progress) const;
+                        const HeadProgress& progress, const ExecOptions& exec = {}) const;
   static constexpr int64_t kBatch = 8;
 
   std::vector<Image> images_;
@@ -154,6 +159,16 @@ struct HeadVerify {
 // [n, 3, S, S] with the original's under the mask of `removed`.
 Result<HeadVerify> verify_head_pruned_model(const std::string& model_dir, const std::string& pruned_dir,
                                             const std::vector<HeadRef>& removed, const Tensor& pixels, int threads = 0);
+
+// Field accuracy of road-scene answers against the simulator's truth (one map of fields per answer): the mean over
+// answers and description fields of exact field matches, the fraction of answers right in every field, and how
+// many answers did not parse.
+struct FieldScore {
+  double mean = 0, exact = 0;
+  int64_t unparsed = 0;
+};
+FieldScore score_fields(const std::vector<std::string>& answers,
+                        const std::vector<std::map<std::string, std::string>>& truth);
 
 // ---- The tool ----
 

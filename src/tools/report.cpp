@@ -58,14 +58,28 @@ nlohmann::json to_json(const RunStats& s, const std::string& suffix) {
 // Graph costs
 
 namespace {
-double precision_bytes(Precision p) { return p == Precision::kBF16 ? 2.0 : 4.0; }
+double precision_bytes(Precision p) { return p == Precision::kBF16 ? 2.0 : p == Precision::kInt8 ? 1.0 : 4.0; }
 double numel_of(const Graph& g, TensorId id) { return static_cast<double>(g.shape(id).numel()); }
 }  // namespace
 
+Precision linear_precision(const Graph& g, const Node& n, Precision p, const LinearPlan* plan) {
+  if (n.op != OpKind::kLinear || n.inputs.size() < 2) return p;
+  const Node& w = g.node(n.inputs[1]);
+  if (w.op == OpKind::kInput && w.bound.dtype() == DType::kI8) return Precision::kInt8;
+  if (plan != nullptr && w.op == OpKind::kInput) {
+    auto it = plan->precision.find(w.bound.name());
+    if (it != plan->precision.end()) return it->second;
+  }
+  return p;
+}
+
 double node_weight_bytes_at(const Graph& g, const Node& n, Precision p) {
   if (n.op != OpKind::kLinear) return 0.0;
-  // Packed weights are stored at the compute precision; the bias is kept in f32 (gemm.h, PackedLinear).
-  double b = numel_of(g, n.inputs[1]) * precision_bytes(p);
+  // Packed weights are stored at the compute precision (int8: plus an f32 scale per output channel); the bias is
+  // kept in f32 (gemm.h, PackedLinear).
+  const Precision lp = linear_precision(g, n, p, nullptr);
+  double b = numel_of(g, n.inputs[1]) * precision_bytes(lp);
+  if (lp == Precision::kInt8) b += static_cast<double>(g.shape(n.inputs[1])[0]) * 4.0;
   if (n.inputs.size() > 2) b += numel_of(g, n.inputs[2]) * 4.0;
   return b;
 }
@@ -78,16 +92,20 @@ double node_bytes_at(const Graph& g, const Node& n, Precision p) {
   return x + y + node_weight_bytes_at(g, n, p);
 }
 
-GraphCost graph_cost(const Graph& g, Precision p) {
+GraphCost graph_cost(const Graph& g, Precision p, const LinearPlan* plan) {
   GraphCost c;
   for (const Node& n : g.nodes) {
     if (n.op == OpKind::kInput || n.op == OpKind::kReshape) continue;
     ++c.nodes;
     const double f = node_flops(g, n);
+    const Precision lp = linear_precision(g, n, p, plan);
     c.flops += f;
-    c.bytes += node_bytes_at(g, n, p);
-    c.weight_bytes += node_weight_bytes_at(g, n, p);
-    if (n.op == OpKind::kLinear) c.linear_flops += f;
+    c.bytes += node_bytes_at(g, n, lp);
+    c.weight_bytes += node_weight_bytes_at(g, n, lp);
+    if (n.op == OpKind::kLinear) {
+      c.linear_flops += f;
+      if (lp == Precision::kInt8) c.int8_linear_flops += f;
+    }
   }
   return c;
 }
@@ -468,6 +486,143 @@ std::string render_scatter_svg(const std::string& title, const std::string& x_la
     o += strf("<circle cx=\"%.0f\" cy=\"%.0f\" r=\"5\" fill=\"%s\"/><text x=\"%.0f\" y=\"%.0f\">%s</text>\n",
               W - R + 20, ly, se.color.c_str(), W - R + 30, ly + 4, xml_escape(se.name).c_str());
     ly += 18;
+  }
+  o += "</svg>\n";
+  return o;
+}
+
+namespace {
+
+// "Nice" tick values covering [lo, hi]: about `n` steps of 1, 2 or 5 times a power of ten.
+std::vector<double> nice_ticks(double lo, double hi, int n) {
+  std::vector<double> t;
+  const double span = hi - lo;
+  if (!(span > 0) || n < 1) return {lo};
+  const double raw = span / n, p = std::pow(10.0, std::floor(std::log10(raw)));
+  const double step = raw / p < 1.5 ? p : raw / p < 3.5 ? 2 * p : raw / p < 7.5 ? 5 * p : 10 * p;
+  for (double v = std::ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) t.push_back(std::abs(v) < step * 1e-9 ? 0 : v);
+  return t;
+}
+
+void line_panel(std::string& o, const SvgLinePanel& p, double x0, double y0, double w, double h) {
+  const double L = x0 + 70, R = x0 + w - 170, T = y0 + 28, B = y0 + h - 40;
+  o += strf("<text x=\"%.1f\" y=\"%.1f\" font-size=\"13\" font-weight=\"bold\">%s</text>\n", x0 + 10, y0 + 16,
+            xml_escape(p.title).c_str());
+  double xa = 1e300, xb = -1e300, ya = 1e300, yb = -1e300;
+  for (const auto& s : p.series)
+    for (const auto& q : s.points) {
+      xa = std::min(xa, q.x), xb = std::max(xb, q.x), ya = std::min(ya, q.y), yb = std::max(yb, q.y);
+    }
+  for (const auto& r : p.refs) ya = std::min(ya, r.y), yb = std::max(yb, r.y);
+  for (const auto& t : p.x_ticks) xa = std::min(xa, t.first), xb = std::max(xb, t.first);
+  if (xa > xb) xa = 0, xb = 1;
+  if (ya > yb) ya = 0, yb = 1;
+  if (xb - xa <= 0) xa -= 0.5, xb += 0.5;
+  const double span = std::max(yb - ya, p.min_span);
+  const double mid = (ya + yb) / 2;
+  ya = std::min(ya, mid - span / 2) - 0.05 * span, yb = std::max(yb, mid + span / 2) + 0.05 * span;
+  const double xpad = 0.03 * (xb - xa);
+  xa -= xpad, xb += xpad;
+  auto px = [&](double x) { return L + (x - xa) / (xb - xa) * (R - L); };
+  auto py = [&](double y) { return B - (y - ya) / (yb - ya) * (B - T); };
+  o += strf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#888\"/>\n", L, T, R - L,
+            B - T);
+  for (double v : nice_ticks(ya, yb, 5)) {
+    o += strf("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", L, py(v), R, py(v));
+    o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-size=\"10\">%.6g</text>\n", L - 5, py(v) + 4, v);
+  }
+  if (p.x_ticks.empty()) {
+    for (double v : nice_ticks(xa, xb, 8))
+      o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"10\">%.6g</text>\n", px(v), B + 14, v);
+  } else {
+    for (const auto& [v, label] : p.x_ticks)
+      o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"10\">%s</text>\n", px(v), B + 14,
+                xml_escape(label).c_str());
+  }
+  o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n", (L + R) / 2, B + 32,
+            xml_escape(p.x_label).c_str());
+  o += strf("<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n",
+            x0 + 16, (T + B) / 2, xml_escape(p.y_label).c_str());
+  for (const auto& r : p.refs) {
+    o += strf("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#c33\" stroke-dasharray=\"6 4\"/>\n", L,
+              py(r.y), R, py(r.y));
+    o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-size=\"10\" fill=\"#c33\">%s</text>\n", R - 4,
+              py(r.y) - 4, xml_escape(r.label).c_str());
+  }
+  double ly = T + 10;
+  for (const auto& s : p.series) {
+    std::vector<SvgScatterPoint> pts = s.points;
+    std::sort(pts.begin(), pts.end(), [](const SvgScatterPoint& a, const SvgScatterPoint& b) { return a.x < b.x; });
+    std::string path;
+    for (const auto& q : pts) path += strf("%s%.1f,%.1f", path.empty() ? "M" : " L", px(q.x), py(q.y));
+    if (pts.size() > 1)
+      o += strf("<path d=\"%s\" fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\"%s/>\n", path.c_str(), s.color.c_str(),
+                s.dashed ? " stroke-dasharray=\"4 3\"" : "");
+    for (const auto& q : pts)
+      o += strf("<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"><title>%s: %.6g</title></circle>\n", px(q.x), py(q.y),
+                s.color.c_str(), xml_escape(q.label).c_str(), q.y);
+    o += strf("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"2\"%s/>"
+              "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\">%s</text>\n",
+              R + 12, ly, R + 32, ly, s.color.c_str(), s.dashed ? " stroke-dasharray=\"4 3\"" : "", R + 38, ly + 4,
+              xml_escape(s.name).c_str());
+    ly += 18;
+  }
+}
+
+void histogram_panel(std::string& o, const SvgHistogram& hgm, double x0, double y0, double w, double h) {
+  const double L = x0 + 70, R = x0 + w - 170, T = y0 + 28, B = y0 + h - 40;
+  o += strf("<text x=\"%.1f\" y=\"%.1f\" font-size=\"13\" font-weight=\"bold\">%s</text>\n", x0 + 10, y0 + 16,
+            xml_escape(hgm.title).c_str());
+  double top = 0;
+  for (double c : hgm.counts) top = std::max(top, c);
+  if (top <= 0) top = 1;
+  top *= 1.1;
+  o += strf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#888\"/>\n", L, T, R - L,
+            B - T);
+  auto py = [&](double y) { return B - y / top * (B - T); };
+  for (double v : nice_ticks(0, top, 5)) {
+    o += strf("<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#eee\"/>\n", L, py(v), R, py(v));
+    o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\" font-size=\"10\">%.6g</text>\n", L - 5, py(v) + 4, v);
+  }
+  const size_t n = hgm.counts.size();
+  const double bw = n ? (R - L) / static_cast<double>(n) : 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double x = L + bw * static_cast<double>(i);
+    const std::string label = i < hgm.bin_labels.size() ? hgm.bin_labels[i] : "";
+    o += strf("<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"><title>%s: %.6g</title></rect>\n",
+              x + 1, py(hgm.counts[i]), std::max(bw - 2, 0.5), B - py(hgm.counts[i]),
+              hgm.color.empty() ? "#4e79a7" : hgm.color.c_str(), xml_escape(label).c_str(), hgm.counts[i]);
+    if (hgm.counts[i] > 0)
+      o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"9\">%.6g</text>\n", x + bw / 2,
+                py(hgm.counts[i]) - 3, hgm.counts[i]);
+    o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"9\">%s</text>\n", x + bw / 2, B + 13,
+              xml_escape(label).c_str());
+  }
+  o += strf("<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n", (L + R) / 2, B + 32,
+            xml_escape(hgm.x_label).c_str());
+  o += strf("<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\" font-size=\"11\">%s</text>\n",
+            x0 + 16, (T + B) / 2, xml_escape(hgm.y_label).c_str());
+}
+
+}  // namespace
+
+std::string render_panels_svg(const std::string& title, const std::vector<SvgLinePanel>& lines,
+                              const std::vector<SvgHistogram>& histograms) {
+  const double W = 960, ph = 300, head = 40;
+  const double H = head + ph * static_cast<double>(lines.size() + histograms.size()) + 10;
+  std::string o = strf("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+                       "font-family=\"DejaVu Sans, sans-serif\" font-size=\"11\">\n",
+                       W, H, W, H);
+  o += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  o += strf("<text x=\"20\" y=\"26\" font-size=\"15\" font-weight=\"bold\">%s</text>\n", xml_escape(title).c_str());
+  double y = head;
+  for (const auto& p : lines) {
+    line_panel(o, p, 10, y, W - 20, ph - 10);
+    y += ph;
+  }
+  for (const auto& hg : histograms) {
+    histogram_panel(o, hg, 10, y, W - 20, ph - 10);
+    y += ph;
   }
   o += "</svg>\n";
   return o;

@@ -43,11 +43,15 @@ double node_weight_bytes_at(const Graph& g, const Node& n, Precision p);
 struct GraphCost {
   double flops = 0;               // sum of node_flops
   double bytes = 0;               // sum of node_bytes_at
+  double int8_linear_flops = 0;   // the part of linear_flops computed in int8
   double weight_bytes = 0;        // Linear weights + biases at the compute precision
   double linear_flops = 0;        // Linear nodes only
   int64_t nodes = 0;              // compute nodes (not inputs / reshapes)
 };
-GraphCost graph_cost(const Graph& g, Precision p);
+// With `plan`, the Linears it names count at their planned precision (int8 weights always count as int8).
+GraphCost graph_cost(const Graph& g, Precision p, const LinearPlan* plan = nullptr);
+// The precision a Linear node computes in: int8 for an int8 weight, the plan's, else p.
+Precision linear_precision(const Graph& g, const Node& n, Precision p, const LinearPlan* plan);
 
 // The compute ceiling that applies to a node: Linear and Attention run their products in the compute precision
 // (bf16 peak for kBF16, f32 peak for kF32); every other op computes in f32.
@@ -157,6 +161,34 @@ struct SvgScatterSeries {
 };
 std::string render_scatter_svg(const std::string& title, const std::string& x_label, const std::string& y_label,
                                const std::vector<SvgScatterSeries>& series);
+// Panels stacked in one document (edgevlm validate): line plots with linear axes (one polyline per series,
+// optional category tick labels on x and dashed horizontal reference lines, e.g. tolerances), then bar histograms.
+struct SvgLineSeries {
+  std::string name;
+  std::string color;
+  std::vector<SvgScatterPoint> points;  // drawn in x order; a point's label is its tooltip
+  bool dashed = false;
+};
+struct SvgRefLine {
+  double y = 0;
+  std::string label;
+};
+struct SvgLinePanel {
+  std::string title, x_label, y_label;
+  std::vector<SvgLineSeries> series;
+  std::vector<std::pair<double, std::string>> x_ticks;  // empty: numeric ticks
+  std::vector<SvgRefLine> refs;
+  // The y range covers every point and reference line, padded by 5% of its span (at least `min_span`).
+  double min_span = 1e-6;
+};
+struct SvgHistogram {
+  std::string title, x_label, y_label;
+  std::string color;
+  std::vector<std::string> bin_labels;
+  std::vector<double> counts;
+};
+std::string render_panels_svg(const std::string& title, const std::vector<SvgLinePanel>& lines,
+                              const std::vector<SvgHistogram>& histograms);
 // The colour used for an op kind in every picture (stable across runs).
 const char* op_color(OpKind k);
 // XML text escaping (&, <, >, ", ').

@@ -22,6 +22,7 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/ref/quant_tensor.h"
 #include "kernels/ref/ref_ops.h"
 
 namespace ev {
@@ -56,10 +57,18 @@ class CpuBackend final : public Backend {
  public:
   CpuBackend(ThreadPool* pool, Precision precision) : pool_(pool), precision_(precision) {}
 
-  const char* name() const override { return precision_ == Precision::kBF16 ? "cpu-bf16" : "cpu-f32"; }
+  const char* name() const override {
+    return precision_ == Precision::kBF16 ? "cpu-bf16" : precision_ == Precision::kInt8 ? "cpu-int8" : "cpu-f32";
+  }
   // mean_rows and sigmoid only serve the fast head (a few thousand elements per frame): the reference runs them.
   bool supports(const Node& n) const override {
     return n.op != OpKind::kInput && n.op != OpKind::kCount && n.op != OpKind::kMeanRows && n.op != OpKind::kSigmoid;
+  }
+
+  void set_linear_plan(std::shared_ptr<const LinearPlan> plan) override {
+    std::lock_guard<std::mutex> lk(mu_);
+    plan_ = std::move(plan);
+    packed_.clear();
   }
 
   Status prepare_weights(const Graph& g) override {
@@ -124,7 +133,10 @@ class CpuBackend final : public Backend {
         cpu::silu(pool_, in[0]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
       case OpKind::kSwiGLU:
-        cpu::swiglu(pool_, in[0]->data_as<const float>(), in[1]->data_as<const float>(), in[0]->numel(), y);
+        if (in.size() == 1)  // fused [gate | up] rows
+          cpu::swiglu_fused(pool_, in[0]->data_as<const float>(), in[0]->shape().rows(), in[0]->shape().cols() / 2, y);
+        else
+          cpu::swiglu(pool_, in[0]->data_as<const float>(), in[1]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
       case OpKind::kAttention: {
         const ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
@@ -177,6 +189,12 @@ class CpuBackend final : public Backend {
                       static_cast<size_t>(C) * 4);
         return Status::Ok();
       }
+      case OpKind::kCols: {  // the strided case (the executor makes the contiguous ones as views)
+        const Tensor& x = *in[0];
+        cpu::copy_cols(pool_, x.data_as<const float>(), x.shape().rows(), x.shape().cols(), n.p.col_begin,
+                       n.p.col_end, y);
+        return Status::Ok();
+      }
       case OpKind::kRows: {
         const Tensor& x = *in[0];
         const int64_t C = x.shape().cols();
@@ -216,7 +234,7 @@ class CpuBackend final : public Backend {
       if (it != packed_.end() && it->second.w.shape() == w.shape() && it->second.w.dtype() == w.dtype())
         return it->second.packed;
     }
-    auto r = pack_linear(w, b, precision_);
+    auto r = pack_planned(w, b);
     if (!r.ok()) return r.status().with_context("packing weight of '" + node + "'");
     std::lock_guard<std::mutex> lk(mu_);
     PackedEntry& e = packed_[key];
@@ -224,6 +242,31 @@ class CpuBackend final : public Backend {
     e.b = b ? *b : Tensor();
     e.packed = r.value();
     return e.packed;
+  }
+
+  // Packs w for the precision the plan gives it (the backend's own when the plan does not name it). A float
+  // weight planned int8 is quantised here (with the plan's smoothing factors); an int8 weight stays int8.
+  Result<std::shared_ptr<PackedLinear>> pack_planned(const Tensor& w, const Tensor* b) {
+    Precision prec = precision_;
+    std::shared_ptr<const LinearPlan> plan;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      plan = plan_;
+    }
+    if (plan && w.dtype() != DType::kI8) {
+      auto it = plan->precision.find(w.name());
+      if (it != plan->precision.end()) prec = it->second;
+      if (prec == Precision::kInt8) {
+        auto sm = plan->smooth.find(w.name());
+        EV_ASSIGN_OR_RETURN(Tensor q, quantize_weight_int8(w, sm != plan->smooth.end() ? sm->second.get() : nullptr));
+        return pack_linear(q, b, Precision::kInt8);
+      }
+    }
+    if (prec == Precision::kInt8 && w.dtype() != DType::kI8) {
+      EV_ASSIGN_OR_RETURN(Tensor q, quantize_weight_int8(w));
+      return pack_linear(q, b, Precision::kInt8);
+    }
+    return pack_linear(w, b, prec);
   }
 
   // The cached packing of (w, b) if prepare_weights made one; nullptr otherwise.
@@ -250,7 +293,7 @@ class CpuBackend final : public Backend {
     if (!pl) {
       // Not a prepared weight leaf (e.g. a graph built without prepare_weights): pack for this call only.
       EV_LOG_DEBUG("cpu backend: linear '%s' packs its weight per call (not a prepared weight leaf)", n.name.c_str());
-      auto r = pack_linear(w, b, precision_);
+      auto r = pack_planned(w, b);
       if (!r.ok()) return r.status().with_context("packing weight of '" + n.name + "'");
       pl = r.value();
       bias_done = true;
@@ -340,6 +383,7 @@ class CpuBackend final : public Backend {
   ThreadPool* pool_;
   Precision precision_;
   std::mutex mu_;
+  std::shared_ptr<const LinearPlan> plan_;
   std::unordered_map<std::pair<const void*, const void*>, PackedEntry, PtrPairHash> packed_;
   std::unordered_map<const void*, WidenedEntry> widened_;
   std::map<std::pair<uint32_t, int>, std::shared_ptr<const RopeTable>> rope_;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -17,6 +18,7 @@
 #include "core/dtype.h"
 #include "core/log.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/ref/ref_quant.h"
 
 namespace ev {
 
@@ -155,7 +157,7 @@ int register_format(const memory::desc& d) {
   return static_cast<int>(g_fmts.size());
 }
 
-const char* prec_name(Precision p) { return p == Precision::kBF16 ? "bf16" : "f32"; }
+const char* prec_name(Precision p) { return precision_name(p); }
 
 mtag known_tag(Precision p) { return p == Precision::kBF16 ? mtag::BA16a64b2a : mtag::BA16a64b; }
 mdt compute_dt(Precision p) { return p == Precision::kBF16 ? mdt::bf16 : mdt::f32; }
@@ -174,9 +176,13 @@ struct PackedLinear {
   std::shared_ptr<float> bias;  // [Np] f32 zero-padded, or null
   std::string name;
   std::string impl;  // oneDNN implementation chosen at pack time for a large M
+  // int8 only (precision kInt8): w holds the u8 = q + 128 layout of gemm.h "INT8" (Np x Kp bytes).
+  std::shared_ptr<float> sw;       // [Np] per-output-channel weight scales, zero-padded
+  std::shared_ptr<float> rsmooth;  // [Kp] 1.0f / smooth[k], or null (no SmoothQuant factors)
+  bool int8_vnni = false;          // gemm_s8u8_avx512 usable on this CPU
 
   bool gemv_ok() const {
-    if (fmt_id != 0) return false;
+    if (fmt_id != 0 || precision == Precision::kInt8) return false;
     const CpuFeatures& f = cpu_features();
     return precision == Precision::kBF16 ? f.has_avx512_bf16() : f.has_avx512_core();
   }
@@ -395,6 +401,92 @@ Status run_omp(const PackedLinear& pl, const float* x, int64_t M, float* y, Thre
   return Status::Ok();
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// INT8 (see gemm.h "INT8"). The portable versions of the two kernels, for CPUs without AVX-512 VNNI: the same
+// arithmetic (bit-exact with the VNNI kernels and ref::linear_i8).
+void quantize_rows_s8_generic(const float* x, int64_t ldx, int64_t K, const float* rsmooth, int64_t rows, int8_t* q,
+                              int64_t ldq, float* sx, int32_t* cx) {
+  std::vector<float> t(static_cast<size_t>(K));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * ldx;
+    for (int64_t k = 0; k < K; ++k) t[static_cast<size_t>(k)] = rsmooth ? xr[k] * rsmooth[k] : xr[k];
+    int8_t* qr = q + r * ldq;
+    sx[r] = ref::quantize_row_i8(t.data(), K, qr);
+    std::memset(qr + K, 0, static_cast<size_t>(ldq - K));
+    int32_t sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += qr[k];
+    cx[r] = 128 * sum;
+  }
+}
+
+void gemm_s8u8_generic(const uint8_t* w, int64_t Kp, const int8_t* qx, int64_t ldq, const float* sx,
+                       const int32_t* cx, int64_t M, const float* sw, const float* bias, float* y, int64_t ldy,
+                       int64_t N, int64_t nb0, int64_t nb1) {
+  for (int64_t nb = nb0; nb < nb1; ++nb) {
+    const uint8_t* blk = w + nb * Kp * 64;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t c = 0; c < 64 && nb * 64 + c < N; ++c) {
+        const int64_t n = nb * 64 + c;
+        int32_t acc = 0;
+        for (int64_t k = 0; k < Kp; ++k)
+          acc += static_cast<int32_t>(blk[(k / 4) * 256 + c * 4 + k % 4]) * static_cast<int32_t>(qx[m * ldq + k]);
+        y[m * ldy + n] = std::fma(static_cast<float>(acc - cx[m]), sx[m] * sw[n], bias ? bias[n] : 0.0f);
+      }
+  }
+}
+
+// Rows per quantise-then-multiply chunk of the row split: the chunk's int8 activations (rows x Kp bytes) stay in
+// L2 while the weight blocks pass over them.
+constexpr int64_t kInt8ChunkBytes = 256 << 10;
+
+// One thread's share: rows [m0, m1) of x against 64-column blocks [nb0, nb1).
+void int8_slice(const PackedLinear& pl, bool vnni, const float* x, int64_t m0, int64_t m1, float* y, int64_t nb0,
+                int64_t nb1) {
+  const int64_t Kp = pl.Kp;
+  const int64_t chunk = std::max<int64_t>(gemm_detail::kInt8TileRows,
+                                          kInt8ChunkBytes / Kp / gemm_detail::kInt8TileRows *
+                                              gemm_detail::kInt8TileRows);
+  const int64_t rows = std::min(chunk, m1 - m0);
+  const size_t qbytes = (static_cast<size_t>(rows * Kp) + 63) / 64 * 64;
+  char* buf = static_cast<char*>(thread_scratch().get(qbytes + static_cast<size_t>(rows) * 8));
+  auto* q = reinterpret_cast<int8_t*>(buf);
+  auto* sx = reinterpret_cast<float*>(buf + qbytes);
+  auto* cx = reinterpret_cast<int32_t*>(buf + qbytes + static_cast<size_t>(rows) * 4);
+  const auto* w = static_cast<const uint8_t*>(pl.w.get());
+  for (int64_t mc = m0; mc < m1; mc += rows) {
+    const int64_t r = std::min(rows, m1 - mc);
+    if (vnni) {
+      gemm_detail::quantize_rows_s8_avx512(x + mc * pl.K, pl.K, pl.K, pl.rsmooth.get(), r, q, Kp, sx, cx);
+      gemm_detail::gemm_s8u8_avx512(w, Kp, q, Kp, sx, cx, r, pl.sw.get(), pl.bias.get(), y + mc * pl.N, pl.N, pl.N,
+                                    nb0, nb1);
+    } else {
+      quantize_rows_s8_generic(x + mc * pl.K, pl.K, pl.K, pl.rsmooth.get(), r, q, Kp, sx, cx);
+      gemm_s8u8_generic(w, Kp, q, Kp, sx, cx, r, pl.sw.get(), pl.bias.get(), y + mc * pl.N, pl.N, pl.N, nb0, nb1);
+    }
+  }
+}
+
+Status run_int8(const PackedLinear& pl, const float* x, int64_t M, float* y, ThreadPool* pool,
+                const GemmOptions& opt) {
+  const bool vnni = pl.int8_vnni && !opt.int8_force_generic;
+  const int nt = pool ? pool->size() : 1;
+  const int64_t nblocks = pl.Np / 64;
+  GemmSplit split = opt.split;
+  if (split == GemmSplit::kAuto || M <= opt.gemv_max_m)
+    split = M > opt.gemv_max_m && M >= kMinRowsPerThreadMSplit * nt ? GemmSplit::kRows : GemmSplit::kCols;
+  if (nt == 1) split = GemmSplit::kRows;
+  if (split == GemmSplit::kRows) {
+    return parallel_status(pool, M, 1, [&](int, int64_t m0, int64_t m1) {
+      int8_slice(pl, vnni, x, m0, m1, y, 0, nblocks);
+    });
+  }
+  // Column split (decode and short inputs): every thread quantises all M rows itself (M x K values, a few us)
+  // rather than waiting for a second parallel section, then streams its own run of 64-column blocks.
+  return parallel_status(pool, nblocks, 1, [&](int, int64_t b0, int64_t b1) {
+    int8_slice(pl, vnni, x, 0, M, y, b0, b1);
+  });
+}
+
 std::string tensor_label(const Tensor& t, const char* fallback) {
   return t.name().empty() ? std::string(fallback) : "'" + t.name() + "'";
 }
@@ -440,12 +532,110 @@ Status choose_format(PackedLinear& pl, bool with_bias) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
+namespace {
+
+constexpr int64_t kInt8MaxK = 65536;  // int32 accumulation of (q + 128) * qx stays exact (gemm_int8_avx512.cpp)
+
+std::vector<float> bias_to_f32(const Tensor& b) {
+  std::vector<float> out(static_cast<size_t>(b.numel()));
+  const auto* raw = static_cast<const uint16_t*>(b.data());
+  for (size_t i = 0; i < out.size(); ++i) {
+    switch (b.dtype()) {
+      case DType::kF32: out[i] = b.data_as<float>()[i]; break;
+      case DType::kBF16: out[i] = bf16_to_f32(raw[i]); break;
+      default: out[i] = f16_to_f32(raw[i]); break;
+    }
+  }
+  return out;
+}
+
+// Checks a QuantParams member: f32, 1-D of `n` entries, finite (and > 0 when `positive`).
+Status check_quant_vector(const Tensor& t, int64_t n, const std::string& wl, const char* what, bool positive) {
+  const std::string where = "pack_linear: " + wl + ": quant " + what;
+  if (t.dtype() != DType::kF32)
+    return InvalidArgument(where + " has dtype " + dtype_name(t.dtype()) + "; expected f32");
+  if (t.ndim() != 1 || t.dim(0) != n)
+    return InvalidArgument(where + " has shape " + t.shape().to_string() + "; expected [" + std::to_string(n) + "]");
+  if (t.data() == nullptr) return InvalidArgument(where + " has no data");
+  const float* p = t.data_as<float>();
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(p[i]) || (positive && !(p[i] > 0.f)))
+      return InvalidArgument(where + "[" + std::to_string(i) + "] = " + std::to_string(p[i]) + " is not " +
+                             (positive ? "finite and > 0" : "finite"));
+  return Status::Ok();
+}
+
+}  // namespace
+
+Result<std::shared_ptr<PackedLinear>> pack_linear_i8(const int8_t* q, int64_t N, int64_t K, const float* scale,
+                                                     const float* smooth, const float* bias,
+                                                     const std::string& name) {
+  const std::string wl = name.empty() ? std::string("weight") : "'" + name + "'";
+  if (N <= 0 || K <= 0)
+    return InvalidArgument("pack_linear_i8: " + wl + " has an empty shape [" + std::to_string(N) + ", " +
+                           std::to_string(K) + "]");
+  if (!q || !scale) return InvalidArgument("pack_linear_i8: " + wl + ": null weights or scales");
+  if (K > kInt8MaxK)
+    return InvalidArgument("pack_linear_i8: " + wl + " has K = " + std::to_string(K) + " > " +
+                           std::to_string(kInt8MaxK) + ", beyond exact int32 accumulation");
+  for (int64_t n = 0; n < N; ++n)
+    if (!std::isfinite(scale[n]))
+      return InvalidArgument("pack_linear_i8: " + wl + ": scale[" + std::to_string(n) + "] is not finite");
+  if (smooth)
+    for (int64_t k = 0; k < K; ++k)
+      if (!std::isfinite(smooth[k]) || !(smooth[k] > 0.f))
+        return InvalidArgument("pack_linear_i8: " + wl + ": smooth[" + std::to_string(k) + "] = " +
+                               std::to_string(smooth[k]) + " is not finite and > 0");
+  auto pl = std::make_shared<PackedLinear>();
+  pl->N = N;
+  pl->K = K;
+  pl->Kp = (K + 7) / 8 * 8;
+  pl->Np = (N + 63) / 64 * 64;
+  pl->name = name;
+  pl->precision = Precision::kInt8;
+  pl->int8_vnni = cpu_features().has_avx512_vnni();
+  pl->impl = pl->int8_vnni ? "own-vnni" : "own-generic";
+  pl->w_bytes = static_cast<size_t>(pl->Np * pl->Kp);
+  auto* wb = static_cast<uint8_t*>(aligned_alloc_bytes(pl->w_bytes));
+  auto* swb = static_cast<float*>(aligned_alloc_bytes(static_cast<size_t>(pl->Np) * 4));
+  if (!wb || !swb) {
+    aligned_free(wb);
+    aligned_free(swb);
+    return Status(StatusCode::kOutOfMemory, "pack_linear_i8: " + wl + ": cannot allocate packed weights");
+  }
+  pl->w = std::shared_ptr<void>(wb, aligned_free);
+  pl->sw = std::shared_ptr<float>(swb, aligned_free);
+  std::memset(wb, 128, pl->w_bytes);  // q = 0 in the padding (the activations are 0 there anyway)
+  const int64_t Kp = pl->Kp;
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* col = wb + (n / 64) * Kp * 64 + (n % 64) * 4;
+    const int8_t* row = q + n * K;
+    for (int64_t k = 0; k < K; ++k) col[(k / 4) * 256 + k % 4] = static_cast<uint8_t>(row[k] + 128);
+  }
+  std::memset(swb, 0, static_cast<size_t>(pl->Np) * 4);
+  std::memcpy(swb, scale, static_cast<size_t>(N) * 4);
+  if (bias) {
+    auto* b = static_cast<float*>(aligned_alloc_bytes(static_cast<size_t>(pl->Np) * 4));
+    pl->bias = std::shared_ptr<float>(b, aligned_free);
+    std::memset(b, 0, static_cast<size_t>(pl->Np) * 4);
+    std::memcpy(b, bias, static_cast<size_t>(N) * 4);
+  }
+  if (smooth) {
+    auto* r = static_cast<float*>(aligned_alloc_bytes(static_cast<size_t>(Kp) * 4));
+    pl->rsmooth = std::shared_ptr<float>(r, aligned_free);
+    std::memset(r, 0, static_cast<size_t>(Kp) * 4);
+    for (int64_t k = 0; k < K; ++k) r[k] = 1.0f / smooth[k];  // the reciprocal of ref_quant.h, step 1
+  }
+  return pl;
+}
+
 Result<std::shared_ptr<PackedLinear>> pack_linear(const Tensor& w, const Tensor* bias, Precision precision) {
   const std::string wl = tensor_label(w, "weight");
   if (w.ndim() != 2)
     return InvalidArgument("pack_linear: " + wl + " must be 2-D [N, K], got " + w.shape().to_string());
-  if (!is_float_dtype(w.dtype()))
-    return Unsupported("pack_linear: " + wl + " has dtype " + dtype_name(w.dtype()) + "; expected f32, bf16 or f16");
+  if (!is_float_dtype(w.dtype()) && w.dtype() != DType::kI8)
+    return Unsupported("pack_linear: " + wl + " has dtype " + dtype_name(w.dtype()) +
+                       "; expected f32, bf16, f16 or i8 (with quant params)");
   const int64_t N = w.dim(0), K = w.dim(1);
   if (N <= 0 || K <= 0) return InvalidArgument("pack_linear: " + wl + " has an empty shape " + w.shape().to_string());
   if (w.data() == nullptr) return InvalidArgument("pack_linear: " + wl + " has no data");
@@ -458,6 +648,39 @@ Result<std::shared_ptr<PackedLinear>> pack_linear(const Tensor& w, const Tensor*
       return InvalidArgument("pack_linear: " + bl + " has shape " + bias->shape().to_string() + ", expected [" +
                              std::to_string(N) + "] to match " + wl + " " + w.shape().to_string());
     if (bias->data() == nullptr) return InvalidArgument("pack_linear: " + bl + " has no data");
+  }
+
+  // INT8: a kI8 weight is always computed in int8; a float weight is quantised per output channel for kInt8.
+  if (w.dtype() == DType::kI8 || precision == Precision::kInt8) {
+    const std::vector<float> bf = bias ? bias_to_f32(*bias) : std::vector<float>();
+    const float* bp = bias ? bf.data() : nullptr;
+    const QuantParams* qp = w.quant().get();
+    const float* smooth = nullptr;
+    if (qp && qp->smooth.defined()) {
+      EV_RETURN_IF_ERROR(check_quant_vector(qp->smooth, K, wl, "smooth", true));
+      smooth = qp->smooth.data_as<float>();
+    }
+    if (w.dtype() == DType::kI8) {
+      if (!qp)
+        return InvalidArgument("pack_linear: " + wl + " is int8 (i8) but has no quantisation parameters " +
+                               "(Tensor::set_quant with a per-row scale)");
+      EV_RETURN_IF_ERROR(check_quant_vector(qp->scale, N, wl, "scale", false));
+      return pack_linear_i8(w.data_as<int8_t>(), N, K, qp->scale.data_as<float>(), smooth, bp, w.name());
+    }
+    Tensor src = w;
+    if (w.dtype() != DType::kF32) {
+      auto conv = w.to(DType::kF32);
+      if (!conv.ok()) return conv.status().with_context("pack_linear: converting " + wl);
+      src = std::move(conv).value();
+    }
+    std::vector<int8_t> q(static_cast<size_t>(N * K));
+    std::vector<float> scale(static_cast<size_t>(N));
+    ref::quantize_rows_i8(src.data_as<float>(), N, K, smooth, q.data(), scale.data());
+    for (int64_t n = 0; n < N; ++n)
+      if (std::isnan(scale[static_cast<size_t>(n)]))
+        return InvalidArgument("pack_linear: " + wl + " row " + std::to_string(n) +
+                               " has a non-finite value (or overflows when multiplied by smooth); cannot quantise");
+    return pack_linear_i8(q.data(), N, K, scale.data(), smooth, bp, w.name());
   }
 
   auto pl = std::make_shared<PackedLinear>();
@@ -524,9 +747,12 @@ Status linear_forward(const PackedLinear& pl, const float* x, int64_t M, float* 
   const GemmOptions opt = gemm_options();
   // Small products run on the calling thread: handing ~10 us of work to a second thread costs about as much as it
   // saves, and far more when the machine is oversubscribed and that thread is not running.
-  if (opt.min_parallel_macs > 0 && static_cast<double>(M) * static_cast<double>(pl.N) * static_cast<double>(pl.K) <
-                                       static_cast<double>(opt.min_parallel_macs))
+  const bool int8 = pl.precision == Precision::kInt8;
+  const int64_t min_macs = int8 ? opt.int8_min_parallel_macs : opt.min_parallel_macs;
+  if (min_macs > 0 &&
+      static_cast<double>(M) * static_cast<double>(pl.N) * static_cast<double>(pl.K) < static_cast<double>(min_macs))
     pool = nullptr;
+  if (int8) return run_int8(pl, x, M, y, pool, opt);
   if (M <= opt.gemv_max_m && pl.gemv_ok()) return run_gemv(pl, x, M, y, pool);
   if (opt.threading == GemmThreading::kOneDnnOmp) return run_omp(pl, x, M, y, pool);
   return run_slices(pl, x, M, y, pool, opt.split);
@@ -535,11 +761,18 @@ Status linear_forward(const PackedLinear& pl, const float* x, int64_t M, float* 
 int64_t packed_n(const PackedLinear& pl) { return pl.N; }
 int64_t packed_k(const PackedLinear& pl) { return pl.K; }
 size_t packed_bytes(const PackedLinear& pl) {
-  return pl.w_bytes + (pl.bias ? static_cast<size_t>(pl.Np) * 4 : 0);
+  return pl.w_bytes + (pl.bias ? static_cast<size_t>(pl.Np) * 4 : 0) + (pl.sw ? static_cast<size_t>(pl.Np) * 4 : 0) +
+         (pl.rsmooth ? static_cast<size_t>(pl.Kp) * 4 : 0);
 }
 Precision packed_precision(const PackedLinear& pl) { return pl.precision; }
 
 std::string packed_describe(const PackedLinear& pl) {
+  if (pl.precision == Precision::kInt8) {
+    std::string s = "int8 u8x64x4 [" + std::to_string(pl.N) + " x " + std::to_string(pl.K) + "] " + pl.impl;
+    if (pl.int8_vnni) s += " 6x64 + gemv_vnni";
+    if (pl.rsmooth) s += " (smooth)";
+    return s;
+  }
   std::string s = prec_name(pl.precision);
   if (pl.fmt_id == 0) {
     s += pl.precision == Precision::kBF16 ? " BA16a64b2a" : " BA16a64b";

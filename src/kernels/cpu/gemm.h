@@ -52,15 +52,42 @@
 
 namespace ev {
 
+// INT8 (Precision::kInt8; exact semantics in src/kernels/ref/ref_quant.h, reproduced bit for bit)
+//   y[m, n] = fma(float(sum_k qx[m, k] qw[n, k]), sx[m] * sw[n], b[n]) with qw the per-output-channel symmetric
+//   int8 weights (scales sw [N]) and qx, sx the dynamic per-token quantisation of x / smooth, computed inside
+//   linear_forward (fused with the division by the SmoothQuant factors).
+// * Own kernel, not oneDNN (measured in bench_gemm, "int8" vs "onednn-s8" rows: see BENCHMARKS.md "INT8 GEMM
+//   kernels"). Weights are packed once as u8 = qw + 128 in blocks of 64 output columns (outermost) x Kp/4 groups
+//   of 4 k: group p of block nb is 256 bytes, lane c = (wu[64nb + c][4p .. 4p + 3]), which is the unsigned operand
+//   of vpdpbusd; the activations (s8) are the broadcast signed operand, and the offset is removed with the
+//   per-row compensation 128 * sum_k qx[m, k] computed by the quantiser. K is padded to a multiple of 8, N to 64.
+// * Prefill: 6 x 64 register tiles, rows split over the pool (M >= 32 * threads), else 64-column blocks split;
+//   every thread quantises the rows it needs itself (no second parallel section). Decode (M <= gemv_max_m): the
+//   same kernel with 1..4 rows, 64-column blocks split over the threads, each thread streaming one contiguous
+//   region of the weights.
+// * Without AVX-512 VNNI: a portable loop over the same layout (slow, exact).
+
 // Pre-packed Linear weights (opaque). Holds the blocked weights, the bias as f32 and what the kernels need.
 struct PackedLinear;
 
 // Packs W [N, K] (f32, bf16 or f16; PyTorch Linear layout) and an optional bias [N] (any float dtype) for
 // `precision`. kF32 widens bf16/f16 weights to f32; kBF16 rounds f32/f16 weights to bf16 (round-to-nearest-even).
 // If this CPU/oneDNN cannot do bf16 matmul, kBF16 falls back to kF32 (packed_precision() tells which).
-// Errors: kInvalidArgument for a non-2-D weight, zero-sized dims or a bias whose size is not N; kUnsupported for
-// integer dtypes. Messages name the tensor (Tensor::name()) when it has one.
+// kInt8 on a float weight: ref::quantize_rows_i8 per output channel (if w.quant() is set with a defined `smooth`,
+// the SmoothQuant variant with those factors; its `scale` is ignored), then packed.
+// A kI8 weight (whatever `precision`: an int8 weight is always computed in int8) must carry w.quant() with
+// `scale` f32 [N] (finite) and optionally `smooth` f32 [K] (finite, > 0); its values are packed as they are.
+// Errors: kInvalidArgument for a non-2-D weight, zero-sized dims, a bias whose size is not N, a kI8 weight without
+// quant params or with a wrong scale/smooth dtype, shape or value, K > 65536 in int8, a non-finite float weight
+// quantised to int8; kUnsupported for the other integer dtypes. Messages name the tensor (Tensor::name()) when it
+// has one.
 Result<std::shared_ptr<PackedLinear>> pack_linear(const Tensor& w, const Tensor* bias, Precision precision);
+
+// The same for a plain int8 matrix: q [N, K] row-major, scale [N], smooth [K] or nullptr, bias [N] or nullptr
+// (all copied). `name` labels errors and packed_describe(). Used by pack_linear for kI8 weights.
+Result<std::shared_ptr<PackedLinear>> pack_linear_i8(const int8_t* q, int64_t N, int64_t K, const float* scale,
+                                                     const float* smooth, const float* bias,
+                                                     const std::string& name);
 
 // y[M, N] = x[M, K] · W^T + b, x and y row-major and contiguous (row stride K and N). M >= 0 (0 is a no-op).
 // Runs on `pool` (nullptr: on the calling thread only). x and y must not overlap.
@@ -68,10 +95,12 @@ Status linear_forward(const PackedLinear& pl, const float* x, int64_t M, float* 
 
 int64_t packed_n(const PackedLinear& pl);
 int64_t packed_k(const PackedLinear& pl);
-// Bytes of the packed weights plus the bias (what a decode step streams from memory).
+// Bytes of the packed weights plus the bias, and for int8 the scales and smooth factors (what a decode step
+// streams from memory).
 size_t packed_bytes(const PackedLinear& pl);
 Precision packed_precision(const PackedLinear& pl);
-// "bf16 BA16a64b2a [576 x 1536] brg:avx512_core_bf16 + gemv_avx512": for logs and benchmark labels.
+// "bf16 BA16a64b2a [576 x 1536] brg:avx512_core_bf16 + gemv_avx512", "int8 u8x64x4 [576 x 1536] own-vnni 6x64
+// + gemv_vnni (smooth)": for logs and benchmark labels.
 std::string packed_describe(const PackedLinear& pl);
 
 // ---- Tuning knobs (process-wide). The defaults are the measured best; the benchmarks flip them to compare. ----
@@ -91,6 +120,9 @@ struct GemmOptions {
   // Products of fewer multiply-adds (M*N*K) run single-threaded (0: always use the pool). 2^17 = e.g. a 256x512
   // decode GEMV: ~10 us on one core.
   int64_t min_parallel_macs = 1 << 17;
+  // The same threshold for the int8 kernels, which do ~3x the multiply-adds per second of f32.
+  int64_t int8_min_parallel_macs = 1 << 19;
+  bool int8_force_generic = false;  // run the portable int8 loop even on VNNI hardware (tests, benchmarks)
 };
 void set_gemm_options(const GemmOptions& o);
 GemmOptions gemm_options();
@@ -141,6 +173,21 @@ void gemv_f32_avx512(const float* w, int64_t Kp, const float* x, int64_t M, cons
                      int64_t ldy, int64_t N, int64_t nb0, int64_t nb1);
 // n f32 -> bf16, round to nearest even (vcvtne2ps2bf16); needs avx512_bf16.
 void f32_to_bf16_avx512(const float* src, uint16_t* dst, int64_t n);
+
+// INT8 (gemm_int8_avx512.cpp; need has_avx512_vnni()).
+constexpr int kInt8TileRows = 6;
+// y[m, n] (row stride ldy), m < M, n in [64*nb0, min(N, 64*nb1)):
+//   fma(float(sum_k wu[n, k] qx[m, k] - cx[m]), sx[m] * sw[n], bias[n] or 0)
+// w: the int8 packed layout (u8 = q + 128, see "INT8" above) with K padded to Kp (multiple of 8); qx: M rows of
+// stride ldq (multiple of 4, >= Kp) with zeros beyond K; sw, bias: padded to 64 * nb1 entries.
+void gemm_s8u8_avx512(const uint8_t* w, int64_t Kp, const int8_t* qx, int64_t ldq, const float* sx,
+                      const int32_t* cx, int64_t M, const float* sw, const float* bias, float* y, int64_t ldy,
+                      int64_t N, int64_t nb0, int64_t nb1);
+// The per-token quantiser of ref::quantize_activations_i8 (bit-exact) for `rows` rows of x (row stride ldx,
+// K values), with the reciprocal smooth factors rsmooth[k] = 1.0f / smooth[k] (or nullptr): q rows of stride
+// ldq (zeros from K to ldq), sx[r] the scale, cx[r] = 128 * sum_k q[r, k].
+void quantize_rows_s8_avx512(const float* x, int64_t ldx, int64_t K, const float* rsmooth, int64_t rows,
+                             int8_t* q, int64_t ldq, float* sx, int32_t* cx);
 }  // namespace gemm_detail
 
 }  // namespace ev

@@ -103,6 +103,20 @@ void swiglu(ThreadPool* pool, const float* gate, const float* up, int64_t n, flo
   run(pool, n, kGrain / 4, [&](int, int64_t i0, int64_t i1) { fn(gate + i0, up + i0, y + i0, i1 - i0); });
 }
 
+void swiglu_fused(ThreadPool* pool, const float* x, int64_t rows, int64_t C, float* y) {
+  const auto fn = ops_kernels().swiglu;
+  run(pool, rows, std::max<int64_t>(1, kGrain / 4 / std::max<int64_t>(C, 1)), [&](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(x + r * 2 * C, x + r * 2 * C + C, y + r * C, C);
+  });
+}
+
+void copy_cols(ThreadPool* pool, const float* x, int64_t rows, int64_t C, int64_t c0, int64_t c1, float* y) {
+  const int64_t w = c1 - c0;
+  run(pool, rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(w, 1)), [&](int, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(y + r * w, x + r * C + c0, static_cast<size_t>(w) * sizeof(float));
+  });
+}
+
 void rope(ThreadPool* pool, const float* x, int64_t B, int64_t T, int H, int D, const float* cos_tab,
           const float* sin_tab, float* y) {
   const auto fn = ops_kernels().rope_token;

@@ -31,6 +31,10 @@ void rms_norm(ThreadPool* pool, const float* x, int64_t rows, int64_t C, const f
 void gelu_tanh(ThreadPool* pool, const float* x, int64_t n, float* y);
 void silu(ThreadPool* pool, const float* x, int64_t n, float* y);
 void swiglu(ThreadPool* pool, const float* gate, const float* up, int64_t n, float* y);
+// x [rows, 2C] = [gate | up] per row (a fused gate/up Linear) -> y [rows, C]; per element the same as swiglu().
+void swiglu_fused(ThreadPool* pool, const float* x, int64_t rows, int64_t C, float* y);
+// y [rows, c1 - c0] = columns [c0, c1) of x [rows, C] (graph.h kCols when it is not a view).
+void copy_cols(ThreadPool* pool, const float* x, int64_t rows, int64_t C, int64_t c0, int64_t c1, float* y);
 
 // x, y: [B, T, H*D]; cos_tab, sin_tab: [T, D/2] for the positions of tokens 0..T-1 (see ref::rope_cos_sin).
 void rope(ThreadPool* pool, const float* x, int64_t B, int64_t T, int H, int D, const float* cos_tab,

@@ -1,17 +1,52 @@
 // The reference backend: every op through the plain loops of ref_ops.cpp, single-threaded.
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "graph/backend.h"
+#include "kernels/ref/quant_tensor.h"
 #include "kernels/ref/ref_ops.h"
+#include "kernels/ref/ref_quant.h"
 
 namespace ev {
 namespace {
 
 class RefBackend final : public Backend {
+ private:
+  std::shared_ptr<const LinearPlan> plan_;
+
+  bool planned_int8(const Tensor& w) const {
+    if (!plan_) return false;
+    auto it = plan_->precision.find(w.name());
+    return it != plan_->precision.end() && it->second == Precision::kInt8;
+  }
+
+  Status linear_int8(const Tensor& x, const Tensor& w, const Tensor* bias, float* y) const {
+    Tensor q = w;
+    if (w.dtype() != DType::kI8) {
+      const std::vector<float>* smooth = nullptr;
+      auto it = plan_->smooth.find(w.name());
+      if (it != plan_->smooth.end() && it->second) smooth = it->second.get();
+      EV_ASSIGN_OR_RETURN(q, quantize_weight_int8(w, smooth));
+    }
+    const QuantParams& qp = *q.quant();
+    std::vector<float> b;
+    if (bias != nullptr) {
+      const ref::F32Data bf(*bias);
+      b.assign(bf.data(), bf.data() + bf.size());
+    }
+    ref::linear_i8_dynamic(x.data_as<const float>(), x.shape().rows(), q.dim(1),
+                           qp.smooth.data() ? qp.smooth.data_as<const float>() : nullptr, q.data_as<const int8_t>(),
+                           qp.scale.data_as<const float>(), q.dim(0), bias ? b.data() : nullptr, y);
+    return Status::Ok();
+  }
+
  public:
   const char* name() const override { return "ref"; }
   bool supports(const Node& n) const override { return n.op != OpKind::kInput && n.op != OpKind::kCount; }
+  // Float weights the plan marks int8 are quantised at every call (the reference is for tests, not for speed).
+  void set_linear_plan(std::shared_ptr<const LinearPlan> plan) override { plan_ = std::move(plan); }
 
   Status compute(const Node& n, const std::vector<const Tensor*>& in, Tensor& out) override {
     EV_RETURN_IF_ERROR(ref::check_node(n, in, out));
@@ -19,6 +54,7 @@ class RefBackend final : public Backend {
     switch (n.op) {
       case OpKind::kLinear: {
         const Tensor& x = *in[0];
+        if (in[1]->dtype() == DType::kI8 || planned_int8(*in[1])) return linear_int8(x, *in[1], in.size() == 3 ? in[2] : nullptr, y);
         const ref::F32Data w(*in[1]);
         const int64_t N = in[1]->dim(0), K = in[1]->dim(1);
         if (in.size() == 3) {
@@ -76,6 +112,12 @@ class RefBackend final : public Backend {
         return Status::Ok();
       }
       case OpKind::kSwiGLU:
+        if (in.size() == 1) {  // fused [gate | up] rows: the same elementwise function, row by row
+          const int64_t R = in[0]->shape().rows(), C = in[0]->shape().cols() / 2;
+          const float* x = in[0]->data_as<const float>();
+          for (int64_t r = 0; r < R; ++r) ref::swiglu(x + r * 2 * C, x + r * 2 * C + C, C, y + r * C);
+          return Status::Ok();
+        }
         ref::swiglu(in[0]->data_as<const float>(), in[1]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
       case OpKind::kAttention: {
@@ -133,6 +175,13 @@ class RefBackend final : public Backend {
         for (int64_t i = 0; i < in[2]->numel(); ++i)
           std::memcpy(y + static_cast<int64_t>(idx[i]) * C, src.data_as<const float>() + i * C,
                       static_cast<size_t>(C) * 4);
+        return Status::Ok();
+      }
+      case OpKind::kCols: {  // the strided case (the executor makes the contiguous ones as views)
+        const Tensor& x = *in[0];
+        const int64_t R = x.shape().rows(), C = x.shape().cols(), w = n.p.col_end - n.p.col_begin;
+        for (int64_t r = 0; r < R; ++r)
+          std::memcpy(y + r * w, x.data_as<const float>() + r * C + n.p.col_begin, static_cast<size_t>(w) * 4);
         return Status::Ok();
       }
       case OpKind::kRows: {

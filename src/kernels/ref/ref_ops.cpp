@@ -6,6 +6,8 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/ref/quant_tensor.h"
+
 namespace ev::ref {
 
 // ---- helpers -------------------------------------------------------------------------------------------------
@@ -87,7 +89,12 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
       EV_RETURN_IF_ERROR(need_inputs(n, in, 2, 3));
       const Tensor &x = *in[0], &w = *in[1];
       EV_RETURN_IF_ERROR(need_dtype(n, x, "x", false));
-      EV_RETURN_IF_ERROR(need_dtype(n, w, "weight", true));
+      if (w.dtype() == DType::kI8) {
+        Status st = check_int8_weight(w);
+        if (!st.ok()) return st.with_context(std::string(op_kind_name(n.op)) + " '" + n.name + "'");
+      } else {
+        EV_RETURN_IF_ERROR(need_dtype(n, w, "weight", true));
+      }
       if (w.ndim() != 2 || x.shape().cols() != w.dim(1))
         return mismatch(n, "x" + shp(x) + " with weight " + shp(w) + " (expects w [N, K], x [..., K])");
       if (in.size() == 3) {
@@ -134,7 +141,14 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
       return Status::Ok();
     }
     case OpKind::kSwiGLU: {
-      EV_RETURN_IF_ERROR(need_inputs(n, in, 2, 2));
+      EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 2));
+      if (in.size() == 1) {  // fused [gate | up] rows
+        EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "gate_up", false));
+        const Shape& s = in[0]->shape();
+        if (s.cols() % 2 != 0 || os.rows() != s.rows() || os.cols() * 2 != s.cols())
+          return mismatch(n, "gate_up" + shp(*in[0]) + " out" + shp(out));
+        return Status::Ok();
+      }
       EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "gate", false));
       EV_RETURN_IF_ERROR(need_dtype(n, *in[1], "up", false));
       if (in[0]->numel() != in[1]->numel() || os.numel() != in[0]->numel())
@@ -249,6 +263,18 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
       if ((x.ndim() != 2 && x.ndim() != 3) || x.shape().rows() == 0) return mismatch(n, "x" + shp(x));
       const int64_t B = x.ndim() == 3 ? x.dim(0) : 1;
       if (os != Shape{B, x.shape().cols()}) return mismatch(n, "output " + shp(out) + " for x" + shp(x));
+      return Status::Ok();
+    }
+    case OpKind::kCols: {
+      EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
+      EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "x", false));
+      const Tensor& x = *in[0];
+      const int64_t c0 = n.p.col_begin, c1 = n.p.col_end;
+      if (c0 < 0 || c1 > x.shape().cols() || c0 >= c1)
+        return mismatch(n, "cols [" + std::to_string(c0) + ", " + std::to_string(c1) + ") of x" + shp(x));
+      if (os.cols() != c1 - c0 || os.rows() != x.shape().rows())
+        return mismatch(n, "output " + shp(out) + " for columns [" + std::to_string(c0) + ", " + std::to_string(c1) +
+                               ") of x" + shp(x));
       return Status::Ok();
     }
     case OpKind::kRows: {
