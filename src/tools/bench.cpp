@@ -43,6 +43,10 @@ Result<std::set<std::string>> parse_stages(const std::string& s) {
 }
 
 Status check_options(const BenchOptions& o) {
+  for (const std::string& p : o.precisions) {
+    EngineOptions eo;
+    EV_RETURN_IF_ERROR(parse_precision_option(p, &eo).with_context("--precision"));
+  }
   if (o.repeats < 1 || o.repeats > 100000) return InvalidArgument("--repeats must be in [1, 100000], got " + std::to_string(o.repeats));
   if (o.load_repeats < 1 || o.load_repeats > 1000)
     return InvalidArgument("--load-repeats must be in [1, 1000], got " + std::to_string(o.load_repeats));

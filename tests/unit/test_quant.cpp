@@ -11,6 +11,7 @@
 #include "kernels/ref/quant_tensor.h"
 #include "models/quant_plan.h"
 #include "runtime/engine.h"
+#include "tools/bench.h"
 #include "tools/quantize.h"
 #include "tools/report.h"
 
@@ -231,6 +232,41 @@ TEST(QuantizeTool, WritesAVerifiedInt8Model) {
   auto r = ev::quantize_json(again);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("already quantised"), std::string::npos) << r.status().to_string();
+}
+
+}  // namespace
+
+namespace {
+
+// bench --precision f32 --precision int8 --precision mixed: one engine per precision, timed side by side.
+TEST(QuantBench, PrecisionsSideBySide) {
+  ev::BenchOptions o;
+  o.shape = "tiny";
+  o.threads = 2;
+  o.repeats = 2;
+  o.prefill_tokens = 8;
+  o.decode_tokens = 3;
+  o.ceilings_seconds = 0.05;
+  o.progress = false;
+  o.precisions = {"f32", "int8", "mixed"};
+  o.precision = "f32";
+  auto r = ev::bench_json(o);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  const nlohmann::json& v = (*r)["precision_variants"];
+  ASSERT_EQ(v.size(), 3u);
+  EXPECT_EQ(v[0]["int8_linears"].get<int>(), 0);
+  EXPECT_GT(v[1]["int8_linears"].get<int>(), v[2]["int8_linears"].get<int>());  // int8 adds the output head
+  EXPECT_GT(v[2]["int8_linears"].get<int>(), 0);
+  for (const auto& e : v) {
+    EXPECT_GT(e["vision"]["median_s"].get<double>(), 0) << e.dump();
+    EXPECT_GT(e["decode"]["tokens_per_s"].get<double>(), 0) << e.dump();
+    EXPECT_GT(e["vision_linear"]["median_s"].get<double>(), 0) << e.dump();
+  }
+  // int8 weights count one byte each: the int8 decode step reads fewer weight bytes than the f32 one.
+  EXPECT_LT(v[1]["decode"]["weight_bytes_per_token"].get<double>(), 0.5 * v[0]["decode"]["weight_bytes_per_token"].get<double>());
+  EXPECT_NE(ev::bench_table(*r).find("precisions side by side"), std::string::npos);
+  o.precisions = {"f32", "fp4"};
+  EXPECT_FALSE(ev::bench_json(o).ok());
 }
 
 }  // namespace
