@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -264,15 +265,28 @@ Result<nlohmann::json> quantize_json(const QuantizeOptions& o) {
   ExecOptions ex;
   ex.on_inputs = [&stats](const Node& n, const std::vector<const Tensor*>& in) {
     if (n.op != OpKind::kLinear || in.size() < 2) return;
-    auto it = stats.amax.find(in[1]->name());
-    if (it == stats.amax.end()) return;
+    // A fused weight (llama_text.h: "...qkv_proj.weight", "...gate_up_proj.weight") is fed the input of each of
+    // its parts.
+    std::vector<std::string> names = {in[1]->name()};
+    auto expand = [&](const char* fused, std::initializer_list<const char*> parts) {
+      const size_t p = names[0].find(fused);
+      if (p == std::string::npos) return;
+      std::vector<std::string> v;
+      for (const char* part : parts) v.push_back(names[0].substr(0, p) + part + names[0].substr(p + std::strlen(fused)));
+      names = v;
+    };
+    expand("qkv_proj", {"q_proj", "k_proj", "v_proj"});
+    expand("gate_up_proj", {"gate_proj", "up_proj"});
     const Tensor& x = *in[0];
     const int64_t K = x.shape().cols(), R = x.shape().rows();
-    if (K != static_cast<int64_t>(it->second.size())) return;
     std::lock_guard<std::mutex> lk(stats.mu);
-    float* m = it->second.data();
-    for (int64_t r = 0; r < R; ++r)
-      for (int64_t k = 0; k < K; ++k) m[k] = std::max(m[k], std::fabs(x.data_as<const float>()[r * K + k]));
+    for (const std::string& name : names) {
+      auto it = stats.amax.find(name);
+      if (it == stats.amax.end() || K != static_cast<int64_t>(it->second.size())) continue;
+      float* m = it->second.data();
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t k = 0; k < K; ++k) m[k] = std::max(m[k], std::fabs(x.data_as<const float>()[r * K + k]));
+    }
   };
   stage = "activation statistics: ";
   EV_RETURN_IF_ERROR(cal.observe(*eng, ex, prog));
@@ -463,8 +477,8 @@ std::string quantize_table(const nlohmann::json& j) {
             j["calibration"]["spec"].get<std::string>().c_str(), j["calibration"]["frames"].get<int>());
   s += strf("%-58s %-16s %10s %10s %7s %8s\n", "layer (alone in int8)", "role", "KL plain", "KL smooth", "top-1", "outliers");
   for (const auto& l : j["layers"]) {
-    const std::string kp = l.contains("plain") ? strf("%.5f", l["plain"]["kl"].get<double>()) : "-";
-    const std::string ks = l.contains("smoothed") ? strf("%.5f", l["smoothed"]["kl"].get<double>()) : "-";
+    const std::string kp = l.contains("plain") ? strf("%.2e", l["plain"]["kl"].get<double>()) : "-";
+    const std::string ks = l.contains("smoothed") ? strf("%.2e", l["smoothed"]["kl"].get<double>()) : "-";
     const auto& chosen = l["smooth"].get<bool>() ? l["smoothed"] : l["plain"];
     s += strf("%-58s %-16s %10s %10s %6.1f%% %7.1fx%s\n", l["module"].get<std::string>().c_str(),
               l["role"].get<std::string>().c_str(), kp.c_str(), ks.c_str(), 100 * chosen["top1"].get<double>(),
@@ -472,11 +486,11 @@ std::string quantize_table(const nlohmann::json& j) {
   }
   s += "plan (" + j["plan_method"].get<std::string>() + "):\n";
   for (const auto& st : j["steps"])
-    s += strf("  %-58s %3d int8 layers  KL %.5f  top-1 %.2f%%\n",
+    s += strf("  %-58s %3d int8 layers  KL %.2e  top-1 %.2f%%\n",
               st["kept_float"].is_null() ? "(all candidates int8)" : ("back to float: " + st["kept_float"].get<std::string>()).c_str(),
               st["int8_layers"].get<int>(), st["kl"].get<double>(), 100 * st["top1"].get<double>());
   const auto& d = j["drift"];
-  s += strf("result: %d/%d Linear layers in int8 (%.1f%% of their weights), KL %.5f (budget %.5f), top-1 %.2f%% (min %.1f%%): %s\n",
+  s += strf("result: %d/%d Linear layers in int8 (%.1f%% of their weights), KL %.2e (budget %.2e), top-1 %.2f%% (min %.1f%%): %s\n",
             j["int8_linears"].get<int>(), j["linears"].get<int>(),
             100.0 * j["int8_params"].get<double>() / std::max(1.0, j["linear_params"].get<double>()), d["kl"].get<double>(),
             d["budget_kl"].get<double>(), 100 * d["top1"].get<double>(), 100 * d["min_top1"].get<double>(),
@@ -488,7 +502,7 @@ std::string quantize_table(const nlohmann::json& j) {
   s += strf("weights: %.2f MB as F32, %.2f MB source file, %.2f MB written (%.2fx smaller than F32)\n",
             b["f32"].get<double>() / 1e6, b["source"].get<double>() / 1e6, b["written"].get<double>() / 1e6,
             b["f32_over_written"].get<double>());
-  s += strf("verified: the written model's KL %.6f equals the plan's\n", j["verify"]["kl"].get<double>());
+  s += strf("verified: the written model's KL %.2e equals the plan's\n", j["verify"]["kl"].get<double>());
   return s;
 }
 
