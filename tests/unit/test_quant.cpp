@@ -225,6 +225,19 @@ TEST(QuantizeTool, WritesAVerifiedInt8Model) {
   auto e = load(o.out, "auto");
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(ev::summarize_plan(e->linear_plan(), e->linears()).int8_linears, (*j)["int8_linears"].get<int>());
+  // A budget of zero KL cannot hold with any layer in int8: the greedy search returns layers to float, one per
+  // measured step, most sensitive first, until the whole model's KL is 0.
+  ev::QuantizeOptions tight = o;
+  tight.out = td->path() + "/tight";
+  tight.budget_kl = 0.0;
+  auto t = ev::quantize_json(tight);
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  ASSERT_TRUE((*t)["drift"]["kl"].is_number());
+  EXPECT_GT((*t)["steps"].size(), 1u);
+  EXPECT_LT((*t)["int8_linears"].get<int>(), (*j)["int8_linears"].get<int>());
+  EXPECT_TRUE((*t)["drift"]["within_budget"].get<bool>()) << (*t)["drift"].dump();
+  for (size_t i = 1; i < (*t)["steps"].size(); ++i)
+    EXPECT_EQ((*t)["steps"][i]["int8_layers"].get<int>(), (*t)["steps"][i - 1]["int8_layers"].get<int>() - 1);
   // Quantising an int8 model again is refused.
   ev::QuantizeOptions again = o;
   again.model = o.out;
