@@ -4,7 +4,9 @@
 //                    [--smooth auto|on|off] [--alpha A] [--precision auto|f32|bf16] [--json FILE] [--svg FILE]
 //
 // 1. Calibration (--calib sim:SEED:SCENARIOS[:EVERY], default sim:3000000:8:15: simulator scenarios apart from the
-//    training seeds 1.. and the held-out evaluation seeds 1000000..): the float model's greedy description of
+//    training seeds 1.. and the held-out evaluation seeds 1000000..; or video:PATH[:EVERY[:MAX]], every EVERY-th
+//    frame of a clip, at most MAX (default 15, 40), for models without the simulator's truth, e.g. SmolVLM on
+//    dashcam footage: no field accuracy then): the float model's greedy description of
 //    every frame and its next-token distributions teacher-forced along it (HeadCalibration, tools/prune_heads.h).
 // 2. Statistics: the largest |activation| entering every Linear, per input channel, over the same passes; the
 //    largest |weight| per input channel. SmoothQuant factors s[k] = amax_x[k]^alpha / amax_w[k]^(1 - alpha).

@@ -283,3 +283,32 @@ TEST(QuantBench, PrecisionsSideBySide) {
 }
 
 }  // namespace
+
+namespace {
+
+// Calibration on a real clip (no truth): the plan is measured on its frames, no field accuracy is claimed.
+TEST(QuantizeTool, CalibratesOnARealClip) {
+  const std::string clip = std::string(EDGEVLM_SHARED_DATA_DIR) + "/real/lanelines/solidWhiteRight.mp4";
+  if (!fs::exists(clip)) GTEST_SKIP() << "shared data absent (" << clip << "): a fresh clone has no ../shared";
+  auto td = ev::TempDir::create("edgevlm-quantize-video");
+  ASSERT_TRUE(td.ok());
+  ev::QuantizeOptions o;
+  o.model = kTinyRoad;
+  o.out = td->path() + "/int8";
+  o.calib = "video:" + clip + ":30:3";
+  o.smooth = "off";
+  o.max_tokens = 8;
+  o.threads = 2;
+  o.progress = false;
+  auto j = ev::quantize_json(o);
+  ASSERT_TRUE(j.ok()) << j.status().to_string();
+  EXPECT_EQ((*j)["calibration"]["frames"].get<int>(), 3);
+  EXPECT_TRUE((*j)["accuracy"].is_null());
+  EXPECT_NE(ev::quantize_table(*j).find("no ground truth"), std::string::npos);
+  o.calib = "video:" + td->path() + "/missing.mp4";
+  EXPECT_FALSE(ev::check_quantize_options(o).ok());
+  o.calib = "video:" + clip + ":0";
+  EXPECT_FALSE(ev::check_quantize_options(o).ok());
+}
+
+}  // namespace
