@@ -13,6 +13,9 @@ scripts/build.sh build
 ctest --test-dir build -j "$JOBS" --timeout 900
 
 echo "== asan+ubsan build + tests"
-scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEDGEVLM_SANITIZE=ON -DEDGEVLM_BENCH=OFF
+# -O1 -g1 (line tables for the sanitizers' stack traces): compiles in half the time of -O2 -g (measured on
+# src/tools/validate.cpp: 50 s against 104 s of CPU), which keeps the whole CI run well inside its budget.
+scripts/build.sh build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG" \
+  -DEDGEVLM_SANITIZE=ON -DEDGEVLM_BENCH=OFF
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan -j "$JOBS" --timeout 1800
