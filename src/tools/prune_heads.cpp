@@ -21,6 +21,7 @@
 #include "tools/eval.h"
 #include "tools/report.h"
 #include "tools/sim_frames.h"
+#include "tools/validate.h"
 
 namespace ev {
 
@@ -47,26 +48,10 @@ struct MaskScope {
   MaskScope& operator=(const MaskScope&) = delete;
 };
 
-// Mean over the rows of [rows, V] logits of KL(softmax(p) || softmax(q)), in double.
+// Mean over the rows of [rows, V] logits of KL(softmax(p) || softmax(q)), in double (validate.h kl_logits per row).
 double mean_kl(const float* p, const float* q, int64_t rows, int64_t V) {
   double sum = 0;
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* a = p + r * V;
-    const float* b = q + r * V;
-    const double ma = *std::max_element(a, a + V), mb = *std::max_element(b, b + V);
-    double za = 0, zb = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      za += std::exp(static_cast<double>(a[v]) - ma);
-      zb += std::exp(static_cast<double>(b[v]) - mb);
-    }
-    const double la = ma + std::log(za), lb = mb + std::log(zb);
-    double kl = 0;
-    for (int64_t v = 0; v < V; ++v) {
-      const double lp = static_cast<double>(a[v]) - la, lq = static_cast<double>(b[v]) - lb;
-      kl += std::exp(lp) * (lp - lq);
-    }
-    sum += std::max(kl, 0.0);  // rounding can make an exact 0 slightly negative
-  }
+  for (int64_t r = 0; r < rows; ++r) sum += kl_logits(p + r * V, q + r * V, V);
   return rows > 0 ? sum / static_cast<double>(rows) : 0.0;
 }
 
@@ -187,12 +172,13 @@ Result<double> HeadCalibration::kl(Engine& eng, const HeadMask& mask, std::vecto
           return Internal("calibration image " + std::to_string(i) + ": " + std::to_string(logits.numel()) +
                           " logits against " + std::to_string(ref.size()) + " of the reference");
         const int64_t rows = static_cast<int64_t>(ref.size()) / vocab_;
-        v[i] = mean_kl(ref.data(), logits.data_as<const float>(), rows, vocab_);
+        double sum = 0;
         for (int64_t r = 0; r < rows; ++r) {
-          const float* a = ref.data() + r * vocab_;
-          const float* b = logits.data_as<const float>() + r * vocab_;
-          agree += std::max_element(a, a + vocab_) - a == std::max_element(b, b + vocab_) - b;
+          bool same = false;
+          sum += kl_logits(ref.data() + r * vocab_, logits.data_as<const float>() + r * vocab_, vocab_, &same);
+          agree += same;
         }
+        v[i] = rows > 0 ? sum / static_cast<double>(rows) : 0.0;
         positions += rows;
         return Status::Ok();
       },
@@ -587,6 +573,22 @@ Status check_prune_heads_options(const PruneHeadsOptions& o) {
   return Status::Ok();
 }
 
+Status sim_calibration_frames(const std::vector<sim::ScenarioSpec>& specs, int every, std::vector<Image>* images,
+                              std::vector<std::map<std::string, std::string>>* truth) {
+  for (const auto& spec : specs) {
+    EV_ASSIGN_OR_RETURN(sim::Simulator simu, sim::Simulator::create(spec));
+    sim::Frame f;
+    sim::FrameTruth ft;
+    for (int64_t fi = 0; fi < spec.frames; fi += every) {
+      if (fi > 0) simu.skip(every - 1);
+      if (!simu.next(&f, &ft)) break;
+      images->push_back(sim_frame_image(f));
+      truth->push_back(sim::description_fields(ft.state));
+    }
+  }
+  return Status::Ok();
+}
+
 FieldScore score_fields(const std::vector<std::string>& answers,
                         const std::vector<std::map<std::string, std::string>>& truth) {
   FieldScore s;
@@ -645,17 +647,7 @@ Result<nlohmann::json> prune_heads_json(const PruneHeadsOptions& o) {
   // 1. Calibration frames and their truth.
   std::vector<Image> images;
   std::vector<std::map<std::string, std::string>> truth;
-  for (const auto& spec : specs) {
-    EV_ASSIGN_OR_RETURN(sim::Simulator simu, sim::Simulator::create(spec));
-    sim::Frame f;
-    sim::FrameTruth ft;
-    for (int64_t fi = 0; fi < spec.frames; fi += o.every) {
-      if (fi > 0) simu.skip(o.every - 1);
-      if (!simu.next(&f, &ft)) break;
-      images.push_back(sim_frame_image(f));
-      truth.push_back(sim::description_fields(ft.state));
-    }
-  }
+  EV_RETURN_IF_ERROR(sim_calibration_frames(specs, o.every, &images, &truth));
   if (images.empty()) return InvalidArgument("no calibration frame");
   const std::string prompt = eng->describe_prompt();
 

@@ -41,6 +41,7 @@
 #include "formats/hf_config.h"
 #include "graph/executor.h"
 #include "perception/image.h"
+#include "sim/spec.h"
 
 namespace CLI {
 class App;
@@ -159,6 +160,10 @@ struct HeadVerify {
 // [n, 3, S, S] with the original's under the mask of `removed`.
 Result<HeadVerify> verify_head_pruned_model(const std::string& model_dir, const std::string& pruned_dir,
                                             const std::vector<HeadRef>& removed, const Tensor& pixels, int threads = 0);
+
+// Every `every`-th frame of each simulator scenario, as images, with its description fields (the truth).
+Status sim_calibration_frames(const std::vector<sim::ScenarioSpec>& specs, int every, std::vector<Image>* images,
+                              std::vector<std::map<std::string, std::string>>* truth);
 
 // Field accuracy of road-scene answers against the simulator's truth (one map of fields per answer): the mean over
 // answers and description fields of exact field matches, the fraction of answers right in every field, and how

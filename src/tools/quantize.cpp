@@ -271,17 +271,7 @@ Result<nlohmann::json> quantize_json(const QuantizeOptions& o) {
   // 1. Calibration frames, truth, reference answers and distributions.
   std::vector<Image> images;
   std::vector<std::map<std::string, std::string>> truth;
-  for (const auto& spec : specs) {
-    EV_ASSIGN_OR_RETURN(sim::Simulator simu, sim::Simulator::create(spec));
-    sim::Frame f;
-    sim::FrameTruth ft;
-    for (int64_t fi = 0; fi < spec.frames; fi += cs.every) {
-      if (fi > 0) simu.skip(cs.every - 1);
-      if (!simu.next(&f, &ft)) break;
-      images.push_back(sim_frame_image(f));
-      truth.push_back(sim::description_fields(ft.state));
-    }
-  }
+  EV_RETURN_IF_ERROR(sim_calibration_frames(specs, cs.every, &images, &truth));
   if (!cs.video.empty()) {
     VideoSourceOptions vo;
     EV_ASSIGN_OR_RETURN(std::unique_ptr<VideoSource> src, open_video_source(cs.video, vo));
