@@ -49,7 +49,8 @@ nlohmann::json agg_json(const Agg& a, double total_s, double peak, double bw) {
 
 // Runs `g` once (warm-up) and then `runs` times with node timing; returns the part's JSON.
 Result<nlohmann::json> profile_graph(Executor& ex, const Graph& g, int runs, Precision prec, const MachineCeilings& c,
-                                     const std::string& part, const std::string& description, StatusLine& sl) {
+                                     const std::string& part, const std::string& description, StatusLine& sl,
+                                     const LinearPlan* plan) {
   sl.update("%s warm-up ...", part.c_str());
   {
     EV_ASSIGN_OR_RETURN(ExecResult warm, ex.run(g));
@@ -84,8 +85,10 @@ Result<nlohmann::json> profile_graph(Executor& ex, const Graph& g, int runs, Pre
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
     if (n.op == OpKind::kInput || n.op == OpKind::kReshape) continue;
-    const double s = secs[i], f = node_flops(g, n), b = node_bytes_at(g, n, prec);
-    const double peak = node_peak_gflops(n.op, prec, c);
+    // A Linear computes in int8 when its weight is int8 or the plan says so: its bytes and ceiling follow.
+    const Precision lp = linear_precision(g, n, prec, plan);
+    const double s = secs[i], f = node_flops(g, n), b = node_bytes_at(g, n, lp);
+    const double peak = node_peak_gflops(n.op, lp, c);
     const double att_s = roofline_seconds(f, b, peak, bw);
     const std::string layer = node_layer(n.name);
     for (Agg* a : {&by_op[n.op], &by_layer[layer], &total}) {
@@ -244,7 +247,7 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
                         profile_graph(eng->vision_executor(), g, o.repeats, vprec, ceil, "vision",
                                       strf("1 tile %dx%d -> %lld tokens (vision tower + connector), prune %s", S, S,
                                            static_cast<long long>(eng->pruned_tokens_per_tile()), ps.to_string().c_str()),
-                                      sl));
+                                      sl, &eng->linear_plan()));
     parts.push_back(std::move(p));
   }
   const int64_t P = o.prefill_tokens;
@@ -260,7 +263,8 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
     g.mark_output(logits);
     EV_RETURN_IF_ERROR(g.status());
     EV_ASSIGN_OR_RETURN(nlohmann::json p, profile_graph(ex, g, o.repeats, prec, ceil, "prefill",
-                                                        strf("%lld tokens at position 0", static_cast<long long>(P)), sl));
+                                                        strf("%lld tokens at position 0", static_cast<long long>(P)), sl,
+                                                        &eng->linear_plan()));
     parts.push_back(std::move(p));
   }
   if (all || o.part == "decode") {
@@ -278,7 +282,8 @@ Result<nlohmann::json> profile_json(const ProfileOptions& o) {
     g.mark_output(logits);
     EV_RETURN_IF_ERROR(g.status());
     EV_ASSIGN_OR_RETURN(nlohmann::json p, profile_graph(ex, g, o.repeats, prec, ceil, "decode",
-                                                        strf("1 token at position %lld", static_cast<long long>(P)), sl));
+                                                        strf("1 token at position %lld", static_cast<long long>(P)), sl,
+                                                        &eng->linear_plan()));
     parts.push_back(std::move(p));
   }
   sl.done();

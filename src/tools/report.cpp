@@ -111,6 +111,7 @@ GraphCost graph_cost(const Graph& g, Precision p, const LinearPlan* plan) {
 }
 
 double node_peak_gflops(OpKind op, Precision p, const MachineCeilings& c) {
+  if (op == OpKind::kLinear && p == Precision::kInt8) return c.int8_gops;
   if ((op == OpKind::kLinear || op == OpKind::kAttention) && p == Precision::kBF16) return c.bf16_gflops;
   return c.f32_gflops;
 }
