@@ -508,6 +508,34 @@ def greedy_embeds(model, img, prefix, eos, pad, max_new=64):
 
 
 @torch.no_grad()
+def score_descriptions(texts, split, hz):
+    """Field accuracy of greedy descriptions `texts` against split.records' truth, exact match, a few samples, and the
+    fast head's recall / precision from its probabilities hz [N, len(HAZARDS)] (numpy) at threshold 0.5."""
+    n = len(texts)
+    field_ok = {f: 0 for f in FIELDS}
+    exact = 0
+    samples = []
+    for i, text in enumerate(texts):
+        rec = split.records[i]
+        got, want = parse_description(text), parse_description(rec["description"])
+        exact += all(got.get(f) == want.get(f) for f in FIELDS)
+        for f in FIELDS:
+            field_ok[f] += got.get(f) == want.get(f)
+        if len(samples) < 4:
+            samples.append(dict(want=rec["description"], got=text.strip()))
+    truth = split.hazard_matrix()
+    fast = {}
+    for k, hname in enumerate(HAZARDS):
+        pred = hz[:, k] >= 0.5
+        tp = float((pred & (truth[:, k] > 0)).sum())
+        fp = float((pred & (truth[:, k] == 0)).sum())
+        fn = float((~pred & (truth[:, k] > 0)).sum())
+        fast[hname] = dict(recall=tp / max(tp + fn, 1), precision=tp / max(tp + fp, 1))
+    per_field = {f: field_ok[f] / n for f in FIELDS}
+    return dict(per_field=per_field, mean_field_accuracy=sum(per_field.values()) / len(FIELDS),
+                exact_match=exact / n, fast_head=fast, samples=samples)
+
+
 def evaluate_pruned(name, model, data, split, tok, ids, schedule="", llm_keep=1.0, random_drop=False, prev=None,
                     batch=750, seed=1234):
     """roadvlm.evaluate with the pruned forward: greedy description of every held-out frame, per-field accuracy,
@@ -534,35 +562,13 @@ def evaluate_pruned(name, model, data, split, tok, ids, schedule="", llm_keep=1.
             toks = greedy_embeds(model, img, prefix, ids["eos"], ids["pad"])
             hz_all.append(torch.sigmoid(model.fast_head(o["grid"].mean(1)).float()).cpu())
         texts += [tok.decode(t, skip_special_tokens=True) for t in toks]
-    field_ok = {f: 0 for f in FIELDS}
-    exact = 0
-    samples = []
-    for i, text in enumerate(texts):
-        rec = split.records[i]
-        got, want = parse_description(text), parse_description(rec["description"])
-        exact += all(got.get(f) == want.get(f) for f in FIELDS)
-        for f in FIELDS:
-            field_ok[f] += got.get(f) == want.get(f)
-        if len(samples) < 4:
-            samples.append(dict(want=rec["description"], got=text.strip()))
-    hz = torch.cat(hz_all).numpy()
-    truth = split.hazard_matrix()
-    fast = {}
-    for k, hname in enumerate(HAZARDS):
-        pred = hz[:, k] >= 0.5
-        tp = float((pred & (truth[:, k] > 0)).sum())
-        fp = float((pred & (truth[:, k] == 0)).sum())
-        fn = float((~pred & (truth[:, k] > 0)).sum())
-        fast[hname] = dict(recall=tp / max(tp + fn, 1), precision=tp / max(tp + fp, 1))
-    per_field = {f: field_ok[f] / n for f in FIELDS}
+    scores = score_descriptions(texts, split, torch.cat(hz_all).numpy())
     sched = parse_schedule(schedule)
     vcfg = model.vlm.config.vision_config
     res = dict(schedule=schedule_str(sched), llm_keep=llm_keep, random_drop=random_drop, temporal=prev is not None,
                n_image_tokens=kc, tokens_per_layer=tokens_per_layer((vcfg.image_size // vcfg.patch_size) ** 2,
                                                                      vcfg.num_hidden_layers, sched),
-               vision_gflops=vision_gflops(vcfg, sched), frames=n, per_field=per_field,
-               mean_field_accuracy=sum(per_field.values()) / len(FIELDS), exact_match=exact / n, fast_head=fast,
-               samples=samples)
+               vision_gflops=vision_gflops(vcfg, sched), frames=n, **scores)
     log(f"eval {name}: mean field accuracy {res['mean_field_accuracy']:.4f}, exact {res['exact_match']:.4f}, "
         f"vision {res['vision_gflops']:.3f} GFLOP, {kc} image tokens")
     return res

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prune as pr  # noqa: E402
 import roadvlm as rv  # noqa: E402
-from roadvlm import DESCRIBE_PROMPT, FIELDS, HAZARDS, log, parse_description, prompt_prefix  # noqa: E402
+from roadvlm import DESCRIBE_PROMPT, log, prompt_prefix  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FORMAT = "edgevlm-int8/1"
@@ -318,31 +318,8 @@ def evaluate(name, model, data, split, tok, ids, hseqs, prev=None, batch=750, re
         lg = pr.lm_logits(model, img, hseqs.ids[c], hseqs.attn[c])[:, :-1][lab[:, 1:] != -100].float()
         am.append(lg.argmax(-1))
         lps.append(F.log_softmax(lg, -1))
-    field_ok = {f: 0 for f in FIELDS}
-    exact = 0
-    samples = []
-    for i, text in enumerate(texts):
-        rec = split.records[i]
-        got, want = parse_description(text), parse_description(rec["description"])
-        exact += all(got.get(f) == want.get(f) for f in FIELDS)
-        for f in FIELDS:
-            field_ok[f] += got.get(f) == want.get(f)
-        if len(samples) < 4:
-            samples.append(dict(want=rec["description"], got=text.strip()))
     hz = torch.cat(hz_all)
-    truth = split.hazard_matrix()
-    hzn = hz.cpu().numpy()
-    fast = {}
-    for k, hname in enumerate(HAZARDS):
-        pred = hzn[:, k] >= 0.5
-        tp = float((pred & (truth[:, k] > 0)).sum())
-        fp = float((pred & (truth[:, k] == 0)).sum())
-        fn = float((~pred & (truth[:, k] > 0)).sum())
-        fast[hname] = dict(recall=tp / max(tp + fn, 1), precision=tp / max(tp + fp, 1))
-    per_field = {f: field_ok[f] / n for f in FIELDS}
-    res = dict(frames=n, temporal=prev is not None, per_field=per_field,
-               mean_field_accuracy=sum(per_field.values()) / len(FIELDS), exact_match=exact / n, fast_head=fast,
-               samples=samples)
+    res = dict(frames=n, temporal=prev is not None, **pr.score_descriptions(texts, split, hz.cpu().numpy()))
     keep = dict(argmax=torch.cat(am), logp=torch.cat(lps), toks=toks_all, hz=hz >= 0.5)
     if ref is not None:
         rk = ref["_keep"]

@@ -1,10 +1,5 @@
 #include "formats/gguf.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -14,6 +9,7 @@
 #include <set>
 
 #include "core/dtype.h"
+#include "formats/mapped_file.h"
 
 namespace ev {
 
@@ -387,42 +383,13 @@ Result<GgufFile> GgufFile::parse(std::shared_ptr<void> owner, const uint8_t* bas
 }
 
 Result<GgufFile> GgufFile::open(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    if (err == ENOENT) return NotFound(path + ": no such file");
-    return IoError(path + ": cannot open: " + std::strerror(err));
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    return IoError(path + ": fstat failed: " + std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return IoError(path + ": not a regular file");
-  }
-  const size_t size = static_cast<size_t>(st.st_size);
-  if (size < 4) {
-    ::close(fd);
-    return Corrupt(path + ": file is " + std::to_string(size) + " bytes, too short for the GGUF magic");
-  }
-  void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int map_err = errno;
-  ::close(fd);
-  if (addr == MAP_FAILED)
-    return IoError(path + ": mmap of " + std::to_string(size) + " bytes failed: " + std::strerror(map_err));
-  std::shared_ptr<void> owner(addr, [size](void* p) { ::munmap(p, size); });
-  return parse(std::move(owner), static_cast<const uint8_t*>(addr), size, path);
+  EV_ASSIGN_OR_RETURN(MappedBytes m, map_file_readonly(path, 4, "the GGUF magic"));
+  return parse(std::move(m.owner), m.data, m.size, path);
 }
 
 Result<GgufFile> GgufFile::from_memory(const void* data, size_t size, const std::string& name) {
-  void* copy = aligned_alloc_bytes(size);
-  if (!copy && size) return Status(StatusCode::kOutOfMemory, name + ": cannot allocate " + std::to_string(size) + " bytes");
-  if (size) std::memcpy(copy, data, size);
-  std::shared_ptr<void> owner(copy, aligned_free);
-  return parse(std::move(owner), static_cast<const uint8_t*>(copy), size, name);
+  EV_ASSIGN_OR_RETURN(MappedBytes m, copy_aligned(data, size, name));
+  return parse(std::move(m.owner), m.data, m.size, name);
 }
 
 const GgufValue* GgufFile::find(std::string_view key) const {

@@ -158,22 +158,21 @@ Status Engine::init_plan() {
   } else {
     EV_ASSIGN_OR_RETURN(plan, plan_for_mode(opt_.quant, linears_, cfg_.raw, &source));
   }
+  apply_plan(std::move(plan), source);
+  return Status::Ok();
+}
+
+void Engine::apply_plan(LinearPlan plan, const std::string& source) {
   model_->select_fused_linears(true, &plan);  // fuse q/k/v, gate/up where the plan treats them alike
   plan_ = std::make_shared<const LinearPlan>(std::move(plan));
   plan_source_ = source;
   if (backend_) backend_->set_linear_plan(plan_);
   if (vision_backend_) vision_backend_->set_linear_plan(plan_);
   ref_backend_->set_linear_plan(plan_);
-  return Status::Ok();
 }
 
 Status Engine::set_linear_plan(LinearPlan plan, const std::string& source) {
-  model_->select_fused_linears(true, &plan);
-  plan_ = std::make_shared<const LinearPlan>(std::move(plan));
-  plan_source_ = source;
-  if (backend_) backend_->set_linear_plan(plan_);
-  if (vision_backend_) vision_backend_->set_linear_plan(plan_);
-  ref_backend_->set_linear_plan(plan_);
+  apply_plan(std::move(plan), source);
   return prepare_weights();
 }
 

@@ -205,6 +205,8 @@ class Engine {
   Status init_backend();
   Status prepare_weights();
   Status init_plan();
+  // Fuses the model's projections for `plan` and hands it to every backend (which drop their packed weights).
+  void apply_plan(LinearPlan plan, const std::string& source);
   // The graphs prepare_weights packs: one vision tile (with fast head and temporal adapter) and one decode step.
   Status build_weight_graphs(Graph& gv, Graph& gt) const;
 

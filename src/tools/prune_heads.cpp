@@ -365,6 +365,49 @@ bool is_weight_file(const std::string& name) {
 
 }  // namespace
 
+Status prepare_derived_dir(const std::string& model_dir, const std::string& out_dir, const char* what) {
+  if (out_dir.empty()) return InvalidArgument("--out: no output directory given");
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec || !fs::is_directory(out_dir))
+    return IoError("--out " + out_dir + ": cannot create the directory" + (ec ? ": " + ec.message() : ""));
+  if (fs::equivalent(model_dir, out_dir, ec))
+    return InvalidArgument("--out " + out_dir + " is the model directory itself: write the " + what +
+                           " model elsewhere");
+  return Status::Ok();
+}
+
+Result<nlohmann::ordered_json> read_ordered_config(const std::string& model_dir) {
+  EV_ASSIGN_OR_RETURN(std::string text, read_text_file(model_dir + "/config.json"));
+  try {
+    return nlohmann::ordered_json::parse(text);
+  } catch (const std::exception& e) {
+    return Corrupt(model_dir + "/config.json: " + e.what());
+  }
+}
+
+Status write_derived_model(const std::string& model_dir, const TensorStore& store, const std::string& out_dir,
+                           const std::vector<std::pair<std::string, Tensor>>& tensors,
+                           const nlohmann::ordered_json& config) {
+  std::map<std::string, std::string> meta;
+  if (!store.files().empty()) meta = store.files().front()->metadata();
+  EV_RETURN_IF_ERROR(write_safetensors(out_dir + "/model.safetensors", tensors, meta));
+  EV_RETURN_IF_ERROR(write_text_file(out_dir + "/config.json", config.dump(2) + "\n"));
+  // Every other regular file (tokenizer, processor configs, chat template, README...).
+  std::error_code ec;
+  for (const auto& ent : fs::directory_iterator(model_dir, ec)) {
+    if (!ent.is_regular_file()) continue;
+    const std::string name = ent.path().filename().string();
+    if (name == "config.json" || is_weight_file(name)) continue;
+    fs::copy_file(ent.path(), fs::path(out_dir) / name, fs::copy_options::overwrite_existing, ec);
+    if (ec) return IoError("copying " + ent.path().string() + " to " + out_dir + ": " + ec.message());
+  }
+  if (ec) return IoError(model_dir + ": cannot list the directory: " + ec.message());
+  auto check = load_vlm_config(out_dir);
+  if (!check.ok()) return check.status().with_context("the written config does not load");
+  return Status::Ok();
+}
+
 Status write_head_pruned_model(const std::string& model_dir, const std::string& out_dir,
                                const std::vector<HeadRef>& removed, const nlohmann::json& record) {
   EV_ASSIGN_OR_RETURN(VlmConfig cfg, load_vlm_config(model_dir));
@@ -387,13 +430,7 @@ Status write_head_pruned_model(const std::string& model_dir, const std::string& 
       return InvalidArgument(strf("removing all %d heads of layer %d would leave it without attention: keep at least one",
                                   v.heads_in_layer(l), l));
   }
-  if (out_dir.empty()) return InvalidArgument("--out: no output directory given");
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec || !fs::is_directory(out_dir))
-    return IoError("--out " + out_dir + ": cannot create the directory" + (ec ? ": " + ec.message() : ""));
-  if (fs::equivalent(model_dir, out_dir, ec))
-    return InvalidArgument("--out " + out_dir + " is the model directory itself: write the pruned model elsewhere");
+  EV_RETURN_IF_ERROR(prepare_derived_dir(model_dir, out_dir, "pruned"));
 
   // Weights: every tensor of the store, the attention projections of layers with removed heads sliced.
   EV_ASSIGN_OR_RETURN(TensorStore store, TensorStore::open_dir(model_dir));
@@ -426,19 +463,8 @@ Status write_head_pruned_model(const std::string& model_dir, const std::string& 
       return NotFound(strf("%s: vision layer %d: found %d of its 7 attention tensors "
                            "(vision_model.encoder.layers.%d.self_attn.{q,k,v}_proj.{weight,bias}, out_proj.weight)",
                            model_dir.c_str(), l, found[static_cast<size_t>(l)], l));
-  std::map<std::string, std::string> meta;
-  if (!store.files().empty()) meta = store.files().front()->metadata();
-  EV_RETURN_IF_ERROR(write_safetensors(out_dir + "/model.safetensors", tensors, meta));
-  tensors.clear();
-
   // config.json, keys in their original order.
-  EV_ASSIGN_OR_RETURN(std::string text, read_text_file(model_dir + "/config.json"));
-  nlohmann::ordered_json j;
-  try {
-    j = nlohmann::ordered_json::parse(text);
-  } catch (const std::exception& e) {
-    return Corrupt(model_dir + "/config.json: " + e.what());
-  }
+  EV_ASSIGN_OR_RETURN(nlohmann::ordered_json j, read_ordered_config(model_dir));
   std::vector<int> before, after;
   for (int l = 0; l < L; ++l) {
     before.push_back(v.heads_in_layer(l));
@@ -461,20 +487,7 @@ Status write_head_pruned_model(const std::string& model_dir, const std::string& 
   if (!ed.is_object()) ed = nlohmann::ordered_json::object();
   if (ed.contains("head_pruning")) rec["previous"] = ed["head_pruning"];
   ed["head_pruning"] = rec;
-  EV_RETURN_IF_ERROR(write_text_file(out_dir + "/config.json", j.dump(2) + "\n"));
-
-  // Every other regular file (tokenizer, processor configs, chat template, README...).
-  for (const auto& ent : fs::directory_iterator(model_dir, ec)) {
-    if (!ent.is_regular_file()) continue;
-    const std::string name = ent.path().filename().string();
-    if (name == "config.json" || is_weight_file(name)) continue;
-    fs::copy_file(ent.path(), fs::path(out_dir) / name, fs::copy_options::overwrite_existing, ec);
-    if (ec) return IoError("copying " + ent.path().string() + " to " + out_dir + ": " + ec.message());
-  }
-  if (ec) return IoError(model_dir + ": cannot list the directory: " + ec.message());
-  auto check = load_vlm_config(out_dir);
-  if (!check.ok()) return check.status().with_context("the written config does not load");
-  return Status::Ok();
+  return write_derived_model(model_dir, store, out_dir, tensors, j);
 }
 
 Result<HeadVerify> verify_head_pruned_model(const std::string& model_dir, const std::string& pruned_dir,

@@ -39,6 +39,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "formats/hf_config.h"
+#include "formats/safetensors.h"
 #include "graph/executor.h"
 #include "perception/image.h"
 #include "sim/spec.h"
@@ -145,6 +146,17 @@ Result<std::vector<HeadRef>> rank_heads_one_shot(const std::vector<std::vector<d
 // "previous"), and every other regular file of the directory copied.
 Status write_head_pruned_model(const std::string& model_dir, const std::string& out_dir,
                                const std::vector<HeadRef>& removed, const nlohmann::json& record = nlohmann::json::object());
+
+// Models derived from another one (prune-heads, quantize):
+// out_dir created, and refused when it is model_dir itself (`what`: "pruned", "quantised" for the message).
+Status prepare_derived_dir(const std::string& model_dir, const std::string& out_dir, const char* what);
+// model_dir/config.json with its keys in their original order.
+Result<nlohmann::ordered_json> read_ordered_config(const std::string& model_dir);
+// `tensors` as out_dir/model.safetensors (with the metadata of `store`, model_dir's weights), `config` as
+// config.json (checked to load), and every other regular file of model_dir except its weights copied.
+Status write_derived_model(const std::string& model_dir, const TensorStore& store, const std::string& out_dir,
+                           const std::vector<std::pair<std::string, Tensor>>& tensors,
+                           const nlohmann::ordered_json& config);
 
 // Largest relative difference allowed between the written model's vision output and the masked original's
 // (max |a - b| / max |a|, f32 vision arithmetic).

@@ -131,15 +131,9 @@ uint64_t file_bytes(const std::string& p) {
 }
 
 // Writes the quantised copy of model_dir: the plan's int8 weights as q / weight_scale (/ input_smooth).
-Status write_quantized_model(const std::string& model_dir, const std::string& out_dir, const Engine& eng,
-                             const LinearPlan& plan, const nlohmann::json& record) {
-  std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec || !fs::is_directory(out_dir))
-    return IoError("--out " + out_dir + ": cannot create the directory" + (ec ? ": " + ec.message() : ""));
-  if (fs::equivalent(model_dir, out_dir, ec))
-    return InvalidArgument("--out " + out_dir + " is the model directory itself: write the quantised model elsewhere");
-  EV_ASSIGN_OR_RETURN(TensorStore store, TensorStore::open_dir(model_dir));
+Status write_quantized_model(const std::string& model_dir, const TensorStore& store, const std::string& out_dir,
+                             const Engine& eng, const LinearPlan& plan, const nlohmann::json& record) {
+  EV_RETURN_IF_ERROR(prepare_derived_dir(model_dir, out_dir, "quantised"));
   // Which stored tensors become int8, and under which name (a tied output head gets lm_head.* of its own).
   std::map<std::string, std::string> int8_as;  // source tensor -> written weight name
   for (const LinearInfo& l : eng.linears()) {
@@ -171,31 +165,11 @@ Status write_quantized_model(const std::string& model_dir, const std::string& ou
   }
   for (const auto& [n, t] : tensors)
     if (!written.insert(n).second) return Internal("quantize: tensor '" + n + "' would be written twice");
-  std::map<std::string, std::string> meta;
-  if (!store.files().empty()) meta = store.files().front()->metadata();
-  EV_RETURN_IF_ERROR(write_safetensors(out_dir + "/model.safetensors", tensors, meta));
-  tensors.clear();
-
-  EV_ASSIGN_OR_RETURN(std::string text, read_text_file(model_dir + "/config.json"));
-  nlohmann::ordered_json j;
-  try {
-    j = nlohmann::ordered_json::parse(text);
-  } catch (const std::exception& e) {
-    return Corrupt(model_dir + "/config.json: " + e.what());
-  }
+  EV_ASSIGN_OR_RETURN(nlohmann::ordered_json j, read_ordered_config(model_dir));
   nlohmann::ordered_json& ed = j["edgevlm"];
   if (!ed.is_object()) ed = nlohmann::ordered_json::object();
   ed["quantization"] = nlohmann::ordered_json::parse(record.dump());
-  EV_RETURN_IF_ERROR(write_text_file(out_dir + "/config.json", j.dump(2) + "\n"));
-
-  for (const auto& ent : fs::directory_iterator(model_dir, ec)) {
-    if (!ent.is_regular_file()) continue;
-    const std::string name = ent.path().filename().string();
-    if (name == "config.json" || name.rfind("model", 0) == 0) continue;  // weights (and shards) were rewritten
-    fs::copy_file(ent.path(), fs::path(out_dir) / name, fs::copy_options::overwrite_existing, ec);
-    if (ec) return IoError("copying " + ent.path().string() + " to " + out_dir + ": " + ec.message());
-  }
-  return Status::Ok();
+  return write_derived_model(model_dir, store, out_dir, tensors, j);
 }
 
 }  // namespace
@@ -456,7 +430,7 @@ Result<nlohmann::json> quantize_json(const QuantizeOptions& o) {
       {"calibration", {{"spec", o.calib}, {"frames", cal.size()}, {"prompt", cal.prompt()}}},
       {"drift", {{"kl", final_m.kl}, {"top1", final_m.top1}, {"budget_kl", o.budget_kl}, {"min_top1", o.min_top1}}},
       {"source", o.model}};
-  EV_RETURN_IF_ERROR(write_quantized_model(o.model, o.out, *eng, plan, record));
+  EV_RETURN_IF_ERROR(write_quantized_model(o.model, store, o.out, *eng, plan, record));
 
   // 6. Verification: the written model loads and computes what the in-memory plan computed.
   sl.update("verifying %s", o.out.c_str());

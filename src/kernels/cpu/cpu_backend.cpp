@@ -253,20 +253,16 @@ class CpuBackend final : public Backend {
       std::lock_guard<std::mutex> lk(mu_);
       plan = plan_;
     }
+    const std::vector<float>* smooth = nullptr;
     if (plan && w.dtype() != DType::kI8) {
       auto it = plan->precision.find(w.name());
       if (it != plan->precision.end()) prec = it->second;
-      if (prec == Precision::kInt8) {
-        auto sm = plan->smooth.find(w.name());
-        EV_ASSIGN_OR_RETURN(Tensor q, quantize_weight_int8(w, sm != plan->smooth.end() ? sm->second.get() : nullptr));
-        return pack_linear(q, b, Precision::kInt8);
-      }
+      auto sm = plan->smooth.find(w.name());
+      if (sm != plan->smooth.end()) smooth = sm->second.get();
     }
-    if (prec == Precision::kInt8 && w.dtype() != DType::kI8) {
-      EV_ASSIGN_OR_RETURN(Tensor q, quantize_weight_int8(w));
-      return pack_linear(q, b, Precision::kInt8);
-    }
-    return pack_linear(w, b, prec);
+    if (prec != Precision::kInt8 || w.dtype() == DType::kI8) return pack_linear(w, b, prec);
+    EV_ASSIGN_OR_RETURN(Tensor q, quantize_weight_int8(w, smooth));
+    return pack_linear(q, b, Precision::kInt8);
   }
 
   // The cached packing of (w, b) if prepare_weights made one; nullptr otherwise.
