@@ -56,6 +56,7 @@ struct DescribeArgs {
   std::string prompt = "Describe this image.";
   std::string precision = "auto";
   std::string prune = "none";
+  std::string device = "cpu";
   int threads = 0;
   int max_tokens = 64;
   float temperature = 0.f;
@@ -70,6 +71,7 @@ int run_describe(const DescribeArgs& a) {
   ev::EngineOptions opt;
   opt.threads = a.threads;
   opt.prune = a.prune;
+  opt.device = a.device;
   if (ev::Status s = ev::parse_precision_option(a.precision, &opt); !s.ok()) return fail(s.with_context("--precision"));
   auto engine = ev::Engine::load(a.model, opt);
   if (!engine.ok()) return fail(engine.status());
@@ -142,6 +144,7 @@ int main(int argc, char** argv) {
   describe->add_option("--prompt", d.prompt, "question or instruction");
   describe->add_option("--precision", d.precision, "compute precision: auto (bf16 text, the CPU's faster arithmetic for vision), f32, bf16, int8 or mixed (models/quant_plan.h)");
   describe->add_option("--threads", d.threads, "threads (0: all)")->check(CLI::Range(0, 1024));
+  describe->add_option("--device", d.device, "cpu, cuda or cuda:N (the CUDA backend; the CPU runs what it does not)");
   describe->add_option("--prune", d.prune, "token pruning of the vision tower: none, auto, L:R,...,llm:R, random, input:S");
   describe->add_option("--max-tokens", d.max_tokens, "maximum new tokens")->check(CLI::Range(0, 1 << 20));
   describe->add_option("--temperature", d.temperature, "sampling temperature (0: greedy)")->check(CLI::Range(0.0, 100.0));

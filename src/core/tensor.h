@@ -67,6 +67,8 @@ class Tensor {
   Result<Tensor> to(DType dtype) const;
   Tensor clone() const;
 
+  // The shared owner of the storage (views of one allocation share it); nullptr for borrowed memory.
+  const std::shared_ptr<void>& owner() const { return owner_; }
   const std::string& name() const { return name_; }
   void set_name(std::string n) { name_ = std::move(n); }
 

@@ -51,9 +51,16 @@ class BufferPool {
 class Executor {
  public:
   Executor(Backend* backend, Backend* fallback) : backend_(backend), fallback_(fallback) {}
-  Result<ExecResult> run(const Graph& g, const ExecOptions& opt = {});
-  size_t activation_bytes() const { return pool_.total_bytes(); }
+  virtual ~Executor() = default;
+  // Runs g; the result holds host tensors (kept outputs and leaves). Not reentrant: one run at a time.
+  virtual Result<ExecResult> run(const Graph& g, const ExecOptions& opt = {});
+  // `whole` (a host tensor the caller owns, e.g. one layer's KV cache) is read and written by this executor's
+  // runs through views of it: an executor with memory of its own (the CUDA one) may keep it there, so that the
+  // host copy is no longer current. The plain executor computes in host memory and ignores this.
+  virtual void keep_resident(const Tensor& whole) {}
+  virtual size_t activation_bytes() const { return pool_.total_bytes(); }
   Backend* backend() const { return backend_; }
+  Backend* fallback() const { return fallback_; }
 
  private:
   Backend* backend_;

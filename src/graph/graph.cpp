@@ -146,15 +146,17 @@ TensorId Graph::swiglu(const std::string& name, TensorId gate_up) {
 }
 
 TensorId Graph::attention(const std::string& name, TensorId q, TensorId k, TensorId v, int n_heads, int n_kv_heads,
-                          int head_dim, float scale, bool causal, int64_t q_offset) {
+                          int head_dim, float scale, bool causal, int64_t q_offset, TensorId positions) {
   const Shape &qs = shape(q), &ks = shape(k), &vs = shape(v);
+  if (positions >= 0 && (node(positions).out_dtype != DType::kI32 || shape(positions).numel() != (qs.ndim == 3 ? qs[1] : -1)))
+    return fail(name + ": attention positions " + shape(positions).to_string() + " for q" + qs.to_string());
   if (qs.ndim != 3 || ks.ndim != 3 || vs.ndim != 3) return fail(name + ": attention expects [B, T, H*D] inputs");
   if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
     return fail(name + ": attention heads " + std::to_string(n_heads) + "/" + std::to_string(n_kv_heads));
   if (qs[2] != static_cast<int64_t>(n_heads) * head_dim || ks[2] != static_cast<int64_t>(n_kv_heads) * head_dim ||
       ks != vs || qs[0] != ks[0])
     return fail(name + ": attention q" + qs.to_string() + " k" + ks.to_string() + " v" + vs.to_string());
-  Node n = make(OpKind::kAttention, name, {q, k, v}, qs);
+  Node n = make(OpKind::kAttention, name, positions >= 0 ? std::vector<TensorId>{q, k, v, positions} : std::vector<TensorId>{q, k, v}, qs);
   n.p.n_heads = n_heads;
   n.p.n_kv_heads = n_kv_heads;
   n.p.head_dim = head_dim;
@@ -164,11 +166,14 @@ TensorId Graph::attention(const std::string& name, TensorId q, TensorId k, Tenso
   return push(std::move(n));
 }
 
-TensorId Graph::rope(const std::string& name, TensorId x, int n_heads, int head_dim, float theta, int64_t pos0) {
+TensorId Graph::rope(const std::string& name, TensorId x, int n_heads, int head_dim, float theta, int64_t pos0,
+                     TensorId positions) {
   const Shape& xs = shape(x);
   if (xs.ndim != 3 || xs[2] != static_cast<int64_t>(n_heads) * head_dim || head_dim % 2 != 0)
     return fail(name + ": rope input " + xs.to_string());
-  Node n = make(OpKind::kRope, name, {x}, xs);
+  if (positions >= 0 && (node(positions).out_dtype != DType::kI32 || shape(positions).numel() != xs[1]))
+    return fail(name + ": rope positions " + shape(positions).to_string() + " for x" + xs.to_string());
+  Node n = make(OpKind::kRope, name, positions >= 0 ? std::vector<TensorId>{x, positions} : std::vector<TensorId>{x}, xs);
   n.p.n_heads = n_heads;
   n.p.head_dim = head_dim;
   n.p.rope_theta = theta;
@@ -212,6 +217,15 @@ TensorId Graph::scatter_rows(const std::string& name, TensorId base, TensorId sr
     return fail(name + ": scatter_rows base" + shape(base).to_string() + " src" + shape(src).to_string() + " idx" +
                 shape(idx).to_string());
   return push(make(OpKind::kScatterRows, name, {base, src, idx}, shape(base)));
+}
+
+TensorId Graph::scatter_rows_into(const std::string& name, TensorId base, TensorId src, TensorId idx, const Tensor& dst) {
+  TensorId id = scatter_rows(name, base, src, idx);
+  if (!status_.ok()) return id;
+  if (dst.numel() != shape(base).numel() || dst.dtype() != DType::kF32)
+    return fail(name + ": scatter_rows_into destination " + dst.shape().to_string() + " for " + shape(base).to_string());
+  nodes[static_cast<size_t>(id)].bound = dst.reshape(shape(base)).value();
+  return id;
 }
 
 TensorId Graph::rows(const std::string& name, TensorId x, int64_t r0, int64_t r1) {

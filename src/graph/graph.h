@@ -18,8 +18,11 @@
 //   kAttention   in: q [B, T, Hq*D], k [B, S, Hkv*D], v [B, S, Hkv*D]; p.n_heads = Hq, p.n_kv_heads = Hkv,
 //                p.head_dim = D, p.scale, p.causal, p.q_offset (query i sits at key position q_offset + i,
 //                so causal masking allows keys 0..q_offset+i)                          out: [B, T, Hq*D]
+//                optional 4th input positions [T] (i32): query i sits at key position positions[i] instead
+//                (the positions live in a tensor, so one graph serves every decode step: static decode)
 //   kRope        in: x [B, T, H*D]; p.n_heads = H, p.head_dim = D, p.rope_theta, p.q_offset (position of
 //                token 0); rotate-half (HF Llama) convention                           out: shape of x
+//                optional 2nd input positions [T] (i32): the position of token t is positions[t]
 //   kPatchify    in: pixels [B, 3, H, W]; p.patch = P    out: [B, (H/P)*(W/P), 3*P*P] (channel, row, col
 //                order within a patch, i.e. conv2d weight [E, 3, P, P] flattened to [E, 3*P*P])
 //   kPixelShuffle in: x [B, S, E] with S = h*h; p.scale = s                            out: [B, S/(s*s), E*s*s]
@@ -143,12 +146,15 @@ struct Graph {
   // x [..., 2C] = [gate | up] per row (a fused gate/up Linear) -> silu(gate) * up [..., C].
   TensorId swiglu(const std::string& name, TensorId gate_up);
   TensorId attention(const std::string& name, TensorId q, TensorId k, TensorId v, int n_heads, int n_kv_heads,
-                     int head_dim, float scale, bool causal, int64_t q_offset);
-  TensorId rope(const std::string& name, TensorId x, int n_heads, int head_dim, float theta, int64_t pos0);
+                     int head_dim, float scale, bool causal, int64_t q_offset, TensorId positions = -1);
+  TensorId rope(const std::string& name, TensorId x, int n_heads, int head_dim, float theta, int64_t pos0,
+                TensorId positions = -1);
   TensorId patchify(const std::string& name, TensorId pixels, int patch);
   TensorId pixel_shuffle(const std::string& name, TensorId x, int scale);
   TensorId get_rows(const std::string& name, TensorId table, TensorId ids);
   TensorId scatter_rows(const std::string& name, TensorId base, TensorId src, TensorId idx);
+  // The same into `dst`'s memory (e.g. a whole KV-cache layer, with base a leaf of that memory: in place).
+  TensorId scatter_rows_into(const std::string& name, TensorId base, TensorId src, TensorId idx, const Tensor& dst);
   TensorId rows(const std::string& name, TensorId x, int64_t r0, int64_t r1);
   // Columns [c0, c1) of x [..., C] -> [..., c1 - c0] (a view when is_view(), else a copy).
   TensorId cols(const std::string& name, TensorId x, int64_t c0, int64_t c1);

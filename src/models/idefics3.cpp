@@ -33,6 +33,9 @@ class Idefics3Model final : public VlmModel {
   TensorId build_decoder(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits) const override {
     return text_.build(g, x, T, cache, n_logits).logits;
   }
+  TensorId build_decode_step(Graph& g, TensorId x, const KvCache& cache, TensorId positions) const override {
+    return text_.build(g, x, 1, cache, 1, positions).logits;
+  }
   size_t weight_bytes() const override { return weight_bytes_; }
   int select_fused_linears(bool on, LinearPlan* plan) override { return text_.select_fused(on, plan); }
 

@@ -24,6 +24,10 @@ class KvCache {
   // Rows [r0, r1) of layer l's K / V as [r1 - r0, kv_dim] views.
   Tensor k(int layer, int64_t r0, int64_t r1) const { return k_[static_cast<size_t>(layer)].slice_rows(r0, r1); }
   Tensor v(int layer, int64_t r0, int64_t r1) const { return v_[static_cast<size_t>(layer)].slice_rows(r0, r1); }
+  // Layer l's whole K / V storage [capacity, kv_dim] (what an executor keeps resident on its device).
+  const Tensor& k_layer(int layer) const { return k_[static_cast<size_t>(layer)]; }
+  const Tensor& v_layer(int layer) const { return v_[static_cast<size_t>(layer)]; }
+  int n_layers() const { return static_cast<int>(k_.size()); }
 
  private:
   std::vector<Tensor> k_, v_;

@@ -180,7 +180,13 @@ TensorId LlamaTextModel::embed(Graph& g, TensorId ids) const {
   return g.get_rows("t.embd", g.weight("t.embed", w_.embed), ids);
 }
 
-TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits) const {
+TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits,
+                               TensorId positions) const {
+  const bool stat = positions >= 0;
+  if (stat && T != 1) {
+    g.rope("t.static_decode", x, 0, 0, 1.f, 0);  // records a shape error: the static form is one token
+    return {};
+  }
   const int Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = head_dim_;
   const int64_t H = cfg_.hidden_size;
   const int64_t pos0 = cache.size();
@@ -210,15 +216,31 @@ TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& c
     q = g.reshape(nm("q3"), q, Shape{1, T, static_cast<int64_t>(Hq) * D});
     k = g.reshape(nm("k3"), k, Shape{1, T, kvd});
     v = g.reshape(nm("v3"), v, Shape{1, T, kvd});
-    q = g.rope(nm("q_rope"), q, Hq, D, theta, pos0);
-    k = g.rope(nm("k_rope"), k, Hkv, D, theta, pos0);
-    g.copy_into(nm("k_cache"), k, cache.k(l, pos0, pos0 + T));
-    g.copy_into(nm("v_cache"), v, cache.v(l, pos0, pos0 + T));
-    // Keys/values 0 .. pos0+T-1, read after the copies above (graph order is execution order).
-    Tensor kall = cache.k(l, 0, pos0 + T), vall = cache.v(l, 0, pos0 + T);
-    TensorId kc = g.input(nm("k_all"), kall.reshape(Shape{1, pos0 + T, kvd}).value());
-    TensorId vc = g.input(nm("v_all"), vall.reshape(Shape{1, pos0 + T, kvd}).value());
-    TensorId a = g.attention(nm("attn"), q, kc, vc, Hq, Hkv, D, scale, /*causal=*/true, pos0);  // [1, T, Hq*D]
+    TensorId a;
+    if (stat) {
+      // The row at the position (a tensor) is written in place; attention reads the whole capacity, masked by it.
+      q = g.rope(nm("q_rope"), q, Hq, D, theta, 0, positions);
+      k = g.rope(nm("k_rope"), k, Hkv, D, theta, 0, positions);
+      const Tensor& kl = cache.k_layer(l);
+      const Tensor& vl = cache.v_layer(l);
+      const int64_t cap = cache.capacity();
+      TensorId kw = g.scatter_rows_into(nm("k_cache"), g.input(nm("k_all"), kl), g.reshape(nm("k2"), k, Shape{1, kvd}),
+                                        positions, kl);
+      TensorId vw = g.scatter_rows_into(nm("v_cache"), g.input(nm("v_all"), vl), g.reshape(nm("v2"), v, Shape{1, kvd}),
+                                        positions, vl);
+      a = g.attention(nm("attn"), q, g.reshape(nm("k_full"), kw, Shape{1, cap, kvd}),
+                      g.reshape(nm("v_full"), vw, Shape{1, cap, kvd}), Hq, Hkv, D, scale, /*causal=*/true, 0, positions);
+    } else {
+      q = g.rope(nm("q_rope"), q, Hq, D, theta, pos0);
+      k = g.rope(nm("k_rope"), k, Hkv, D, theta, pos0);
+      g.copy_into(nm("k_cache"), k, cache.k(l, pos0, pos0 + T));
+      g.copy_into(nm("v_cache"), v, cache.v(l, pos0, pos0 + T));
+      // Keys/values 0 .. pos0+T-1, read after the copies above (graph order is execution order).
+      Tensor kall = cache.k(l, 0, pos0 + T), vall = cache.v(l, 0, pos0 + T);
+      TensorId kc = g.input(nm("k_all"), kall.reshape(Shape{1, pos0 + T, kvd}).value());
+      TensorId vc = g.input(nm("v_all"), vall.reshape(Shape{1, pos0 + T, kvd}).value());
+      a = g.attention(nm("attn"), q, kc, vc, Hq, Hkv, D, scale, /*causal=*/true, pos0);  // [1, T, Hq*D]
+    }
     a = g.reshape(nm("attn2"), a, Shape{T, static_cast<int64_t>(Hq) * D});
     a = g.linear(nm("attn_out"), a, wt("o_w", L.o_w), opt_b("o_b", L.o_b));               // [T, H]
     x = g.add(nm("attn_res"), x, a);

@@ -44,6 +44,11 @@ class VlmModel {
   virtual TensorId build_embed(Graph& g, TensorId ids) const = 0;
   // Embeddings x [T, H] at positions cache.size()..+T -> logits of the last n_logits rows [n_logits, V].
   virtual TensorId build_decoder(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits) const = 0;
+  // Static decode (one token, T = 1): the position comes from `positions` (an i32 [1] leaf) rather than from
+  // cache.size(), attention runs over the cache's whole capacity (masked by the position) and the new K/V row is
+  // scattered into the cache in place. The graph is then the same at every step, so an executor can replay it as
+  // it is (CUDA graphs without capture); only the id and position tensors change.
+  virtual TensorId build_decode_step(Graph& g, TensorId x, const KvCache& cache, TensorId positions) const = 0;
 
   // Bytes of weights this model references (for reports).
   virtual size_t weight_bytes() const = 0;

@@ -12,6 +12,7 @@
 #include "formats/gguf_import.h"
 #include "kernels/cpu/ceilings.h"
 #include "kernels/cpu/cpu_features.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "kernels/ref/ref_ops.h"
 #include "perception/vlm_preprocess.h"
 
@@ -19,7 +20,6 @@ namespace ev {
 using text::Sampler;
 using text::StreamDecoder;
 
-Engine::~Engine() = default;
 
 Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const EngineOptions& opt) {
   const double t0 = now_s();
@@ -168,6 +168,8 @@ void Engine::apply_plan(LinearPlan plan, const std::string& source) {
   plan_source_ = source;
   if (backend_) backend_->set_linear_plan(plan_);
   if (vision_backend_) vision_backend_->set_linear_plan(plan_);
+  if (cpu_fallback_) cpu_fallback_->set_linear_plan(plan_);
+  if (vision_cpu_fallback_) vision_cpu_fallback_->set_linear_plan(plan_);
   ref_backend_->set_linear_plan(plan_);
 }
 
@@ -305,6 +307,8 @@ Status Engine::init_backend() {
     vision_exec_ = std::make_unique<Executor>(ref_backend_.get(), ref_backend_.get());
     return Status::Ok();
   }
+  if (opt_.device.rfind("cuda", 0) == 0) return init_cuda_backend();
+  if (opt_.device != "cpu") return InvalidArgument("unknown device '" + opt_.device + "' (cpu, cuda or cuda:N)");
   ThreadPool* tpool = pool_.get();
   if (opt_.text_threads > 0) {
     text_pool_ = std::make_unique<ThreadPool>(opt_.text_threads);
@@ -318,6 +322,38 @@ Status Engine::init_backend() {
     vbe = vision_backend_.get();
   }
   vision_exec_ = std::make_unique<Executor>(vbe, ref_backend_.get());
+  return Status::Ok();
+}
+
+// Device cuda: one CUDA backend per float precision (bf16 unless f32 is asked for), one executor (stream) each
+// for the vision and the text graphs, the CPU backend as their fallback.
+Status Engine::init_cuda_backend() {
+  int dev = 0;
+  if (opt_.device.size() > 4) {
+    if (opt_.device[4] != ':' || opt_.device.size() == 5 ||
+        opt_.device.find_first_not_of("0123456789", 5) != std::string::npos)
+      return InvalidArgument("bad device '" + opt_.device + "' (cuda or cuda:N)");
+    dev = std::stoi(opt_.device.substr(5));
+  }
+  // The CUDA default is bf16 for both parts; an explicit f32 stays f32.
+  text_prec_ = opt_.precision == Precision::kF32 ? Precision::kF32 : Precision::kBF16;
+  vision_prec_ = opt_.vision_precision && *opt_.vision_precision == Precision::kF32 ? Precision::kF32 : Precision::kBF16;
+  CudaOptions co;
+  co.device = dev;
+  co.graphs = opt_.cuda_graphs;
+  co.precision = text_prec_;
+  EV_ASSIGN_OR_RETURN(backend_, make_cuda_backend(co));
+  Backend* vbe = backend_.get();
+  if (vision_prec_ != text_prec_) {
+    co.precision = vision_prec_;
+    EV_ASSIGN_OR_RETURN(vision_backend_, make_cuda_backend(co));
+    vbe = vision_backend_.get();
+  }
+  cpu_fallback_ = make_cpu_backend(pool_.get(), text_prec_);
+  vision_cpu_fallback_ = make_cpu_backend(pool_.get(), vision_prec_);
+  EV_ASSIGN_OR_RETURN(exec_, make_cuda_executor(backend_.get(), cpu_fallback_.get()));
+  EV_ASSIGN_OR_RETURN(vision_exec_, make_cuda_executor(vbe, vision_cpu_fallback_.get()));
+  on_cuda_ = true;
   return Status::Ok();
 }
 
@@ -481,11 +517,51 @@ Result<Tensor> Engine::forward_text(const std::vector<int32_t>& ids, const Tenso
     EV_ASSIGN_OR_RETURN(Tensor emb2, image_embeds.reshape(Shape{n_img, model_->text_hidden()}));
     x = g.scatter_rows("t.embd_merged", x, g.input("image_embeds", emb2), g.input("image_pos", pos_t));
   }
+  if (on_cuda_ && opt_.static_decode && T == 1 && n_img == 0 && !exec.on_tensor && !exec.on_inputs && !exec.time_nodes)
+    return decode_step(ids[0], cache);
   TensorId logits = model_->build_decoder(g, x, T, cache, n_logits);
   g.mark_output(logits);
+  if (on_cuda_)  // the cache lives on the GPU (its host copy is not kept current)
+    for (int l = 0; l < cache.n_layers(); ++l) {
+      exec_->keep_resident(cache.k_layer(l));
+      exec_->keep_resident(cache.v_layer(l));
+    }
   EV_ASSIGN_OR_RETURN(ExecResult r, exec_->run(g, exec));
   cache.set_size(cache.size() + T);
   return r[logits];
+}
+
+struct Engine::DecodeStep {
+  Graph g;
+  Tensor ids = Tensor::empty(DType::kI32, Shape{1});
+  Tensor pos = Tensor::empty(DType::kI32, Shape{1});
+  TensorId logits = -1;
+  const void* cache_key = nullptr;  // the cache's first K layer (the graph keeps that memory alive)
+  int64_t capacity = 0;
+};
+
+Engine::~Engine() = default;
+
+Result<Tensor> Engine::decode_step(int32_t id, KvCache& cache) {
+  if (!decode_ || decode_->cache_key != cache.k_layer(0).data() || decode_->capacity != cache.capacity()) {
+    auto d = std::make_unique<DecodeStep>();
+    TensorId x = model_->build_embed(d->g, d->g.input("ids", d->ids));
+    d->logits = model_->build_decode_step(d->g, x, cache, d->g.input("pos", d->pos));
+    d->g.mark_output(d->logits);
+    EV_RETURN_IF_ERROR(d->g.status());
+    d->cache_key = cache.k_layer(0).data();
+    d->capacity = cache.capacity();
+    for (int l = 0; l < cache.n_layers(); ++l) {
+      exec_->keep_resident(cache.k_layer(l));
+      exec_->keep_resident(cache.v_layer(l));
+    }
+    decode_ = std::move(d);
+  }
+  decode_->ids.data_as<int32_t>()[0] = id;
+  decode_->pos.data_as<int32_t>()[0] = static_cast<int32_t>(cache.size());
+  EV_ASSIGN_OR_RETURN(ExecResult r, exec_->run(decode_->g));
+  cache.set_size(cache.size() + 1);
+  return r[decode_->logits];
 }
 
 Result<GenerateResult> Engine::describe(const std::vector<Image>& images, const std::string& prompt,

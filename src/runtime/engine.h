@@ -44,6 +44,13 @@ struct EngineOptions {
   // (gemm_precision_probe(): bf16 on AMD Zen 4, f32 on Intel Xeons without AMX).
   std::optional<Precision> vision_precision;
   bool use_reference_backend = false;     // run everything on the plain reference kernels (debugging)
+  // Where the graphs run: "cpu", or "cuda" / "cuda:N" (kernels/cuda; the CPU backend runs what CUDA does not).
+  // On CUDA, float Linears compute in bf16 on the tensor cores unless the precision asks for f32.
+  std::string device = "cpu";
+  bool cuda_graphs = true;                // replay runs as CUDA graphs (device cuda)
+  // Device cuda: decode steps run one static graph per KV cache (VlmModel::build_decode_step), which the CUDA
+  // executor replays as it is: no graph building, planning or capture per token.
+  bool static_decode = true;
   // > 0: the text model gets a thread pool of its own with this many threads (the vision side keeps `threads`), so
   // that a vision stage and a language stage can run at the same time without sharing a pool.
   int text_threads = 0;
@@ -186,6 +193,8 @@ class Engine {
   Executor& vision_executor() { return *vision_exec_; }  // vision tower + connector graphs
   Precision text_precision() const { return text_prec_; }
   Precision vision_precision() const { return vision_prec_; }
+  // Whether the graphs run on the CUDA backend (EngineOptions::device).
+  bool on_cuda() const { return on_cuda_; }
   // "bf16", "vision f32 + text bf16", "int8 (74/76 Linear) + vision f32 + text bf16": for logs and reports.
   std::string precision_label() const;
   // Every Linear of the model (weight, role, shape), in graph order: vision tower, fast head, temporal adapter,
@@ -203,6 +212,10 @@ class Engine {
  private:
   Engine() = default;
   Status init_backend();
+  Status init_cuda_backend();
+  // One static decode step (EngineOptions::static_decode): the graph is built once per KV cache and reused.
+  Result<Tensor> decode_step(int32_t id, KvCache& cache);
+  struct DecodeStep;
   Status prepare_weights();
   Status init_plan();
   // Fuses the model's projections for `plan` and hands it to every backend (which drop their packed weights).
@@ -223,6 +236,9 @@ class Engine {
   std::unique_ptr<ChatTemplate> chat_;
   std::unique_ptr<ThreadPool> pool_, text_pool_;
   std::unique_ptr<Backend> backend_, vision_backend_, ref_backend_;
+  std::unique_ptr<Backend> cpu_fallback_, vision_cpu_fallback_;  // device cuda: what CUDA does not run
+  bool on_cuda_ = false;
+  std::unique_ptr<DecodeStep> decode_;
   std::unique_ptr<Executor> exec_, vision_exec_;
   Precision text_prec_ = Precision::kBF16, vision_prec_ = Precision::kBF16;
   std::vector<int32_t> stop_ids_;

@@ -47,6 +47,7 @@ void add_eval_options(CLI::App& app, EvalOptions& o) {
   app.add_option("--max-tokens", o.max_tokens, "maximum tokens of a description");
   app.add_option("--precision", o.precision, "compute precision: auto, f32 or bf16");
   app.add_option("--threads", o.threads, "threads (0: all)");
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N");
   app.add_flag("--print", o.print, "print the model's description of every evaluated frame as the scene unfolds");
   app.add_flag("--json", o.json, "print the JSON result instead of the table");
   app.add_option("--out", o.out, "also write the JSON result to this file");
@@ -106,6 +107,7 @@ Result<std::unique_ptr<Engine>> eval_engine(const EvalOptions& o) {
   EV_RETURN_IF_ERROR(check(o));
   EngineOptions eo;
   eo.threads = o.threads;
+  eo.device = o.device;
   EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
   EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> e, Engine::load(o.model, eo));
   if (o.replay && o.prune.size() > 1) return InvalidArgument("--replay takes one --prune setting");

@@ -50,6 +50,7 @@ struct EvalOptions {
   int every = 10;           // evaluate every M-th frame
   int max_tokens = 64;
   std::string precision = "auto";
+  std::string device = "cpu";  // cpu, cuda, cuda:N
   int threads = 0;
   bool print = false;
   bool json = false;

@@ -89,6 +89,7 @@ void add_stream_options(CLI::App& app, StreamToolOptions& o) {
   app.add_option("--raw-size", o.raw_size, "frame size of raw RGB24 input on stdin (WxH)");
   app.add_option("--raw-fps", o.raw_fps, "frame rate of raw input")->check(CLI::Range(0.1, 1000.0));
   app.add_option("--threads", o.threads, "vision stage threads")->check(CLI::Range(1, 256));
+  app.add_option("--device", o.device, "cpu, cuda or cuda:N");
   app.add_option("--text-threads", o.text_threads, "language stage threads")->check(CLI::Range(1, 256));
   app.add_option("--precision", o.precision, "compute precision: auto, f32 or bf16");
   app.add_option("--prune", o.prune, "token pruning of the vision stage: none, auto, L:R,...,llm:R, random, input:S");
@@ -109,6 +110,7 @@ Result<nlohmann::json> stream_json(const StreamToolOptions& o) {
   eo.threads = o.threads;
   eo.prune = o.prune;
   eo.text_threads = o.text_threads;
+  eo.device = o.device;
   EV_RETURN_IF_ERROR(parse_precision_option(o.precision, &eo).with_context("--precision"));
   EV_ASSIGN_OR_RETURN(std::unique_ptr<Engine> eng, Engine::load(o.model, eo));
   VideoSourceOptions so;

@@ -45,6 +45,7 @@ struct StreamToolOptions {
   int threads = 1;        // vision stage
   int text_threads = 1;   // language stage
   std::string precision = "auto";
+  std::string device = "cpu";  // cpu, cuda, cuda:N
   std::string prune = "none";           // token pruning of the vision stage (models/token_prune.h)
   int max_tokens = 64;
   bool progress = true;

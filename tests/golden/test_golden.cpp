@@ -22,6 +22,7 @@
 
 #include "formats/safetensors.h"
 #include "perception/image.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "runtime/engine.h"
 #include "golden/golden_util.h"
 
@@ -68,22 +69,35 @@ std::vector<Case> load_cases() {
   return out;
 }
 
-class GoldenTest : public ::testing::TestWithParam<ev::Precision> {
+struct GoldenParam {
+  ev::Precision precision;
+  const char* device;  // "cpu" or "cuda" (skipped where no GPU is usable)
+};
+
+void PrintTo(const GoldenParam& p, std::ostream* os) { *os << ev::precision_name(p.precision) << "/" << p.device; }
+
+class GoldenTest : public ::testing::TestWithParam<GoldenParam> {
  protected:
+  ev::Precision prec() const { return GetParam().precision; }
   void SetUp() override {
+    if (std::string(GetParam().device) != "cpu") {
+      auto d = ev::cuda_device_info(0);
+      if (!d.ok()) GTEST_SKIP() << "no CUDA device: " << d.status().to_string();
+    }
     cases_ = load_cases();
     if (cases_.empty()) GTEST_SKIP() << "no golden fixtures in " << kFixtures << "/golden (run train/make_golden.py)";
   }
   std::unique_ptr<ev::Engine> engine(const std::string& model) {
     ev::EngineOptions o;
-    o.precision = GetParam();
-    o.vision_precision = GetParam();
+    o.precision = prec();
+    o.vision_precision = prec();
+    o.device = GetParam().device;
     o.threads = 2;
     auto e = ev::Engine::load(kFixtures + "/" + model, o);
     EXPECT_TRUE(e.ok()) << e.status().to_string();
     return e.ok() ? std::move(e).value() : nullptr;
   }
-  double tol() const { return GetParam() == ev::Precision::kF32 ? 1e-4 : 3e-2; }
+  double tol() const { return prec() == ev::Precision::kF32 ? 1e-4 : 3e-2; }
   std::vector<Case> cases_;
 };
 
@@ -115,7 +129,7 @@ TEST_P(GoldenTest, VisionTowerAndConnector) {
     Diff dc = compare(*emb, c.tensors.get("connector_out").value());
     EXPECT_LE(dc.rel, tol()) << "connector_out";
     std::printf("[golden %s %s] vision_out rel %.2e, connector_out rel %.2e\n", c.stem.c_str(),
-                ev::precision_name(GetParam()), dv.rel, dc.rel);
+                ev::precision_name(prec()), dv.rel, dc.rel);
   }
 }
 
@@ -152,10 +166,10 @@ TEST_P(GoldenTest, FirstLogitsAndGreedyContinuation) {
     const char* ref_name = "logits_first";
     Diff dl = compare(last, c.tensors.get(ref_name).value());
     EXPECT_LE(dl.rel, tol()) << "logits at the last prompt position";
-    if (GetParam() == ev::Precision::kBF16) {
+    if (prec() == ev::Precision::kBF16) {
       EXPECT_GE(dl.cosine, 0.999);
     }
-    std::printf("[golden %s %s] logits rel %.2e cosine %.6f\n", c.stem.c_str(), ev::precision_name(GetParam()),
+    std::printf("[golden %s %s] logits rel %.2e cosine %.6f\n", c.stem.c_str(), ev::precision_name(prec()),
                 dl.rel, dl.cosine);
 
     // Greedy continuation.
@@ -173,7 +187,7 @@ TEST_P(GoldenTest, FirstLogitsAndGreedyContinuation) {
       lp = last.data_as<float>();
     }
     std::vector<int32_t> want = c.meta.at("greedy_tokens").get<std::vector<int32_t>>();
-    if (GetParam() == ev::Precision::kF32) {
+    if (prec() == ev::Precision::kF32) {
       EXPECT_EQ(got, want);
     } else {
       int agree = 0;
@@ -187,7 +201,7 @@ TEST_P(GoldenTest, FirstLogitsAndGreedyContinuation) {
 
 // End to end from the image file and the chat messages: chat template, image processor, tokenizer, network.
 TEST_P(GoldenTest, DescribeFromImageFile) {
-  if (GetParam() != ev::Precision::kF32) GTEST_SKIP() << "end-to-end token equality is checked in f32";
+  if (prec() != ev::Precision::kF32) GTEST_SKIP() << "end-to-end token equality is checked in f32";
   for (auto& c : cases_) {
     SCOPED_TRACE(c.stem);
     auto e = engine(c.model);
@@ -227,7 +241,15 @@ TEST_P(GoldenTest, DescribeFromImageFile) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Precisions, GoldenTest, ::testing::Values(ev::Precision::kF32, ev::Precision::kBF16),
-                         [](const auto& info) { return std::string(ev::precision_name(info.param)); });
+// The CUDA backend against the same tensors (the f32 tolerance holds there too: cuBLASLt f32 GEMMs and the f32
+// attention kernel; bf16 runs the tensor-core paths).
+INSTANTIATE_TEST_SUITE_P(Precisions, GoldenTest,
+                         ::testing::Values(GoldenParam{ev::Precision::kF32, "cpu"}, GoldenParam{ev::Precision::kBF16, "cpu"},
+                                           GoldenParam{ev::Precision::kF32, "cuda"},
+                                           GoldenParam{ev::Precision::kBF16, "cuda"}),
+                         [](const auto& info) {
+                           return std::string(ev::precision_name(info.param.precision)) +
+                                  (std::string(info.param.device) == "cpu" ? "" : "_cuda");
+                         });
 
 }  // namespace

@@ -62,6 +62,8 @@ class CpuBackend final : public Backend {
   }
   // mean_rows and sigmoid only serve the fast head (a few thousand elements per frame): the reference runs them.
   bool supports(const Node& n) const override {
+    // Positions from a tensor (static decode graphs, a CUDA-side form) are left to the reference.
+    if ((n.op == OpKind::kRope && n.inputs.size() == 2) || (n.op == OpKind::kAttention && n.inputs.size() == 4)) return false;
     return n.op != OpKind::kInput && n.op != OpKind::kCount && n.op != OpKind::kMeanRows && n.op != OpKind::kSigmoid;
   }
 
@@ -183,7 +185,7 @@ class CpuBackend final : public Backend {
             return InvalidArgument("scatter_rows '" + n.name + "': index " + std::to_string(idx[i]) +
                                    " at position " + std::to_string(i) + " is outside the base's " +
                                    std::to_string(T) + " rows");
-        copy_bytes(base.data(), y, base.nbytes());
+        if (static_cast<const void*>(y) != base.data()) copy_bytes(base.data(), y, base.nbytes());  // else in place
         for (int64_t i = 0; i < in[2]->numel(); ++i)
           std::memcpy(y + static_cast<int64_t>(idx[i]) * C, src.data_as<const float>() + i * C,
                       static_cast<size_t>(C) * 4);

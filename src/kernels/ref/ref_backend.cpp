@@ -121,7 +121,8 @@ class RefBackend final : public Backend {
         ref::swiglu(in[0]->data_as<const float>(), in[1]->data_as<const float>(), in[0]->numel(), y);
         return Status::Ok();
       case OpKind::kAttention: {
-        const ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
+        ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
+        if (in.size() == 4) a.positions = in[3]->data_as<const int32_t>();
         ref::attention(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(),
                        in[2]->data_as<const float>(), y);
         return Status::Ok();
@@ -129,7 +130,7 @@ class RefBackend final : public Backend {
       case OpKind::kRope: {
         const Tensor& x = *in[0];
         ref::rope(x.data_as<const float>(), x.dim(0), x.dim(1), n.p.n_heads, n.p.head_dim, n.p.rope_theta,
-                  n.p.q_offset, y);
+                  n.p.q_offset, y, in.size() == 2 ? in[1]->data_as<const int32_t>() : nullptr);
         return Status::Ok();
       }
       case OpKind::kPatchify: {

@@ -72,6 +72,7 @@ struct AttentionDims {
   float scale = 1.f;
   bool causal = false;
   int64_t q_offset = 0;  // query i sits at key position q_offset + i
+  const int32_t* positions = nullptr;  // [T] or nullptr: query i sits at key position positions[i] instead
 };
 Status check_attention_dims(const AttentionDims& a);
 // The dims of a kAttention or kAttnScore node with inputs q [B, T, Hq*D] and k [B, S, Hkv*D].
@@ -99,7 +100,9 @@ void rope_cos_sin(const float* inv_freq, int D, int64_t pos, float* cos_out, flo
 // apply_rotary_pos_emb with rotate_half (HF Llama): for each head, pairs (i, i + D/2):
 //   y[i] = x[i] cos - x[i+D/2] sin,  y[i+D/2] = x[i+D/2] cos + x[i] sin,  position of token t = pos0 + t.
 // x, y: [B, T, H*D].
-void rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_t pos0, float* y);
+// positions (optional, [T]): the position of token t is positions[t] instead of pos0 + t.
+void rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_t pos0, float* y,
+          const int32_t* positions = nullptr);
 
 // Conv2d-weight order patch extraction: px [B, C, H, W] -> y [B, (H/P)*(W/P), C*P*P], patch index
 // py*(W/P) + px, element (c, r, col) at c*P*P + r*P + col.

@@ -1,0 +1,523 @@
+// bench_cuda: the CUDA backend's targets (issue 7), measured in one run on one GPU.
+//
+//   bench_cuda [--shape-dir DIR] [--student DIR] [--what tile,batch,decode,streams] [--repeats N]
+//              [--batch B]... [--decode-tokens N] [--streams N] [--seconds S] [--workers W] [--json FILE]
+//
+//  ceilings  bf16 GEMM rate (cuBLASLt through our executor, 8192^3) and device-to-device copy bandwidth.
+//  tile      SmolVLM-256M-shaped vision tower + connector, one 512-px tile, batch 1: wall time of encode_tiles
+//            (pixels up, embeddings down, synchronised), median of --repeats, CUDA graphs on and off.
+//  batch     the same at batch B (default 32, 64): tiles per second.
+//  decode    the 256M shape's text model at batch 1: 128 greedy tokens after a 64-token prompt (logits down and
+//            argmax on the host every token, as generation does), tokens per second, CUDA graphs on and off.
+//  streams   N concurrent 30 FPS streams of the shipped student (default 256) for S seconds in real time: each
+//            frame tick, one vision pass batched across the streams (fast head included); latency = batch done -
+//            frame arrival. W language workers (each its own engine and CUDA stream) serve requests that every
+//            stream issues at 5 Hz on its newest frame (prompt prefill + 32 tokens): achieved rate per stream and
+//            latency.
+// The 256M model is written with random weights (tools/random_model.h) into --shape-dir if it has none.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/clock.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "runtime/engine.h"
+#include "tools/random_model.h"
+
+#if defined(EDGEVLM_HAVE_CUDA)
+#include <cuda_runtime.h>
+#endif
+
+namespace {
+
+using ev::Tensor;
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+double pct(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5));
+  return v[i];
+}
+
+struct Args {
+  std::string shape_dir = "/tmp/edgevlm-smolvlm-256m";
+  std::string student = "models/road-student";
+  std::string what = "tile,batch,decode,streams";
+  std::string json;
+  int repeats = 30;
+  std::vector<int> batches;
+  int decode_tokens = 128;
+  int streams = 256;
+  double seconds = 10;
+  int workers = 8;
+  int answer_tokens = 32;
+  std::string device = "cuda";  // cpu: the streams part on the CPU backend (for checking the harness without a GPU)
+};
+std::string g_device = "cuda";
+
+bool has(const std::string& list, const char* w) {
+  return ("," + list + ",").find("," + std::string(w) + ",") != std::string::npos;
+}
+
+std::unique_ptr<ev::Engine> load(const std::string& dir, bool graphs, bool network_only) {
+  ev::EngineOptions o;
+  o.device = g_device;
+  o.cuda_graphs = graphs;
+  o.network_only = network_only;
+  o.threads = 4;
+  auto e = ev::Engine::load(dir, o);
+  if (!e.ok()) {
+    std::fprintf(stderr, "bench_cuda: loading %s: %s\n", dir.c_str(), e.status().to_string().c_str());
+    std::exit(1);
+  }
+  return std::move(e).value();
+}
+
+nlohmann::json ceilings() {
+  nlohmann::json j;
+#if defined(EDGEVLM_HAVE_CUDA)
+  // Copy bandwidth: 2 GiB device to device, counted read + write.
+  const size_t bytes = size_t(1) << 31;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) == cudaSuccess && cudaMalloc(&b, bytes) == cudaSuccess) {
+    cudaMemset(a, 1, bytes);
+    std::vector<double> t;
+    for (int r = 0; r < 10; ++r) {
+      cudaDeviceSynchronize();
+      const double t0 = ev::now_s();
+      cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+      cudaDeviceSynchronize();
+      t.push_back(ev::now_s() - t0);
+    }
+    j["copy_GBps"] = 2.0 * static_cast<double>(bytes) / median(t) / 1e9;
+  }
+  cudaFree(a);
+  cudaFree(b);
+#endif
+  // bf16 GEMM through the backend: one 8192^3 Linear, weights resident, timed on the GPU by the executor.
+  ev::CudaOptions co;
+  auto be = ev::make_cuda_backend(co);
+  if (!be.ok()) return j;
+  auto ex = ev::make_cuda_executor(be->get(), nullptr);
+  if (!ex.ok()) return j;
+  const int64_t n = 8192;
+  Tensor x = Tensor::empty(ev::DType::kF32, ev::Shape{n, n}), w = Tensor::empty(ev::DType::kBF16, ev::Shape{n, n});
+  for (int64_t i = 0; i < n * n; ++i) x.data_as<float>()[i] = static_cast<float>((i * 7919) % 97) * 0.01f - 0.48f;
+  std::memset(w.data(), 0x3c, w.nbytes());
+  ev::Graph g;
+  ev::TensorId y = g.linear("y", g.input("x", x), g.weight("w", w));
+  g.mark_output(y);
+  std::vector<double> t;
+  for (int r = 0; r < 6; ++r) {
+    ev::ExecOptions eo;
+    eo.time_nodes = true;
+    auto res = (*ex)->run(g, eo);
+    if (!res.ok()) break;
+    for (const auto& nt : res->timings)
+      if (nt.id == y) t.push_back(nt.seconds);
+  }
+  if (!t.empty()) j["bf16_TFLOPs"] = 2.0 * static_cast<double>(n * n * n) / median(t) / 1e12;
+  return j;
+}
+
+// GPU time per op kind of one vision pass (CUDA events around every node; direct launches).
+nlohmann::json profile_vision(ev::Engine& e, int batch) {
+  const int S = e.config().vision.image_size;
+  ev::Graph g;
+  ev::TensorId out = e.model().build_vision(g, g.input("pixels", ev::random_pixels(batch, S, 7)), nullptr);
+  g.mark_output(out);
+  ev::ExecOptions eo;
+  eo.time_nodes = true;
+  std::map<std::string, std::pair<double, int>> by_op;
+  for (int r = 0; r < 3; ++r) {
+    auto res = e.vision_executor().run(g, eo);
+    if (!res.ok()) {
+      std::fprintf(stderr, "profile: %s\n", res.status().to_string().c_str());
+      return {};
+    }
+    if (r < 2) continue;
+    for (const auto& t : res->timings) {
+      auto& v = by_op[ev::op_kind_name(g.node(t.id).op)];
+      v.first += t.seconds;
+      ++v.second;
+    }
+  }
+  nlohmann::json j;
+  double tot = 0;
+  for (const auto& [k, v] : by_op) tot += v.first;
+  std::printf("  vision batch %d, GPU time by op (events, fused, no graphs): total %.3f ms\n", batch, tot * 1e3);
+  for (const auto& [k, v] : by_op) {
+    j[k] = {{"ms", v.first * 1e3}, {"nodes", v.second}};
+    std::printf("    %-14s %8.3f ms %5.1f%%  (%d nodes)\n", k.c_str(), v.first * 1e3, 100 * v.first / tot, v.second);
+  }
+  return j;
+}
+
+nlohmann::json bench_tile(ev::Engine& e, int batch, int repeats, const char* label) {
+  const int S = e.config().vision.image_size;
+  Tensor px = ev::random_pixels(batch, S, 7);
+  for (int w = 0; w < 3; ++w) (void)e.encode_tiles(px);
+  std::vector<double> t;
+  for (int r = 0; r < repeats; ++r) {
+    const double t0 = ev::now_s();
+    auto out = e.encode_tiles(px);
+    t.push_back(ev::now_s() - t0);
+    if (!out.ok()) {
+      std::fprintf(stderr, "encode_tiles: %s\n", out.status().to_string().c_str());
+      std::exit(1);
+    }
+  }
+  nlohmann::json j;
+  j["batch"] = batch;
+  j["graphs"] = label;
+  j["median_ms"] = median(t) * 1e3;
+  j["p90_ms"] = pct(t, 0.9) * 1e3;
+  j["tiles_per_s"] = batch / median(t);
+  std::printf("  vision %-10s batch %3d: median %8.3f ms  p90 %8.3f ms  %8.0f tiles/s\n", label, batch, median(t) * 1e3,
+              pct(t, 0.9) * 1e3, batch / median(t));
+  std::fflush(stdout);
+  return j;
+}
+
+nlohmann::json bench_decode(ev::Engine& e, int n_tokens, const char* label) {
+  const int64_t V = e.model().vocab_size();
+  std::vector<int32_t> prompt = ev::random_token_ids(64, V, e.config().image_token_id, 3);
+  std::vector<double> per_run;
+  double best = 1e9;
+  for (int run = 0; run < 3; ++run) {
+    ev::KvCache cache = e.model().make_cache(64 + n_tokens + 2);
+    auto lg = e.forward_text(prompt, Tensor(), cache, 1);
+    if (!lg.ok()) {
+      std::fprintf(stderr, "prefill: %s\n", lg.status().to_string().c_str());
+      std::exit(1);
+    }
+    Tensor last = *lg;
+    const double t0 = ev::now_s();
+    for (int k = 0; k < n_tokens; ++k) {
+      const float* p = last.data_as<float>();
+      int32_t a = 0;
+      for (int64_t v = 1; v < V; ++v)
+        if (p[v] > p[a]) a = static_cast<int32_t>(v);
+      auto nl = e.forward_text({a}, Tensor(), cache, 1);
+      if (!nl.ok()) {
+        std::fprintf(stderr, "decode: %s\n", nl.status().to_string().c_str());
+        std::exit(1);
+      }
+      last = *nl;
+    }
+    const double dt = (ev::now_s() - t0) / n_tokens;
+    per_run.push_back(dt);
+    best = std::min(best, dt);
+  }
+  auto st = ev::cuda_run_stats(e.executor());
+  // GPU time by op of one decode step (events around every node: the step's dynamic graph, fused the same way).
+  {
+    ev::KvCache cache = e.model().make_cache(64 + n_tokens + 2);
+    (void)e.forward_text(prompt, Tensor(), cache, 1);
+    std::map<std::string, std::pair<double, int>> by_op;
+    ev::ExecOptions eo;
+    eo.time_nodes = true;
+    for (int k = 0; k < 3; ++k) {
+      ev::Graph g;
+      ev::Tensor ids = ev::Tensor::empty(ev::DType::kI32, ev::Shape{1});
+      ids.data_as<int32_t>()[0] = 7;
+      ev::TensorId lg = e.model().build_decoder(g, e.model().build_embed(g, g.input("ids", ids)), 1, cache, 1);
+      g.mark_output(lg);
+      auto r = e.executor().run(g, eo);
+      if (!r.ok()) break;
+      cache.set_size(cache.size() + 1);
+      if (k < 2) continue;
+      for (const auto& t : r->timings) {
+        auto& v = by_op[ev::op_kind_name(g.node(t.id).op)];
+        v.first += t.seconds;
+        ++v.second;
+      }
+    }
+    double tot = 0;
+    for (const auto& [k, v] : by_op) tot += v.first;
+    if (std::string(label) == "no-graphs") {
+      std::printf("  decode step GPU time by op (events): total %.3f ms\n", tot * 1e3);
+      for (const auto& [k, v] : by_op)
+        std::printf("    %-14s %8.3f ms %5.1f%%  (%d nodes, %.1f us each)\n", k.c_str(), v.first * 1e3, 100 * v.first / tot,
+                    v.second, v.first * 1e6 / v.second);
+    }
+  }
+  nlohmann::json j;
+  j["graphs"] = label;
+  j["ms_per_token_median"] = median(per_run) * 1e3;
+  j["tokens_per_s"] = 1.0 / median(per_run);
+  if (st.ok()) {
+    j["kernels_per_token"] = st->kernel_launches;
+    j["graph_updated"] = st->graph_updated;
+    j["replayed_as_is"] = st->replayed_as_is;
+  }
+  std::printf("  decode %-10s: %.3f ms/token = %.0f tokens/s (%d kernels per token)\n", label, median(per_run) * 1e3,
+              1.0 / median(per_run), st.ok() ? st->kernel_launches : -1);
+  if (st.ok()) {
+    j["host_plan_ms"] = st->plan_s * 1e3;
+    j["host_enqueue_ms"] = st->enqueue_s * 1e3;
+    j["wait_ms"] = st->wait_s * 1e3;
+    std::printf("    last token: %s; plan %.3f ms, enqueue %.3f ms, wait %.3f ms (the rest of the token: graph build, argmax)\n",
+                st->replayed_as_is ? "graph replayed as it is" : st->graph_replayed ? "captured + updated" : "direct launches",
+                st->plan_s * 1e3, st->enqueue_s * 1e3, st->wait_s * 1e3);
+  }
+  std::fflush(stdout);
+  return j;
+}
+
+// ---- streams --------------------------------------------------------------------------------------------------
+
+struct LangRequest {
+  int stream;
+  double issued;
+  Tensor embeds;  // [1, tokens, H]
+};
+
+nlohmann::json bench_streams(const Args& a) {
+  auto vision = load(a.student, true, false);
+  const int N = a.streams;
+  const int S = vision->config().vision.image_size;
+  const double period = 1.0 / 30.0, lang_period = 0.2;
+  Tensor px = ev::random_pixels(N, S, 11);  // the streams' frames (the pass costs the same for any pixels)
+  std::vector<std::unique_ptr<ev::Engine>> lang;
+  for (int w = 0; w < a.workers; ++w) lang.push_back(load(a.student, true, false));
+  const nlohmann::json messages = ev::Engine::user_turn(1, vision->describe_prompt()).value();
+  // Warm-up: one vision batch, one answer per worker.
+  Tensor hz;
+  auto warm = vision->encode_tiles(px, nullptr, {}, &hz);
+  if (!warm.ok()) {
+    std::fprintf(stderr, "vision: %s\n", warm.status().to_string().c_str());
+    std::exit(1);
+  }
+  const int64_t tok = warm->dim(1), H = warm->dim(2);
+  ev::GenerateOptions gen;
+  gen.max_new_tokens = a.answer_tokens;
+  gen.stop_at_eos = false;
+  auto make_enc = [&](const Tensor& emb) {
+    ev::EncodedImages enc;
+    enc.layouts.push_back({});
+    enc.embeds = emb;
+    enc.tokens_per_tile = static_cast<int>(tok);
+    enc.n_tiles = 1;
+    return enc;
+  };
+  for (auto& l : lang) {
+    Tensor one = Tensor::empty(ev::DType::kF32, ev::Shape{1, tok, H});
+    std::memcpy(one.data(), warm->data(), one.nbytes());
+    auto r = l->generate_encoded(make_enc(one), messages, gen);
+    if (!r.ok()) {
+      std::fprintf(stderr, "bench_cuda: language warm-up: %s\n", r.status().to_string().c_str());
+      std::exit(1);
+    }
+  }
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<LangRequest> queue;
+  std::vector<Tensor> newest(static_cast<size_t>(N));
+  std::atomic<bool> stop{false};
+  std::vector<double> lang_latency;
+  std::vector<int> answers(static_cast<size_t>(N), 0);
+  std::string first_error;
+  std::vector<std::thread> workers;
+  for (int w = 0; w < a.workers; ++w) {
+    workers.emplace_back([&, w] {
+      for (;;) {
+        LangRequest r;
+        {
+          std::unique_lock<std::mutex> lk(mu);
+          cv.wait(lk, [&] { return stop || !queue.empty(); });
+          if (queue.empty()) return;
+          r = std::move(queue.front());
+          queue.pop_front();
+        }
+        auto res = lang[static_cast<size_t>(w)]->generate_encoded(make_enc(r.embeds), messages, gen);
+        const double done = ev::now_s();
+        std::lock_guard<std::mutex> lk(mu);
+        if (res.ok()) {
+          lang_latency.push_back(done - r.issued);
+          ++answers[static_cast<size_t>(r.stream)];
+        } else if (first_error.empty()) {
+          first_error = res.status().to_string();
+        }
+      }
+    });
+  }
+
+  std::vector<double> vis_latency, batch_ms;
+  int64_t frames = 0, dropped_ticks = 0, backlog_max = 0;
+  const double t_start = ev::now_s() + 0.05;
+  double next_lang = t_start;
+  int64_t tick = 0;
+  while (true) {
+    const double arrive = t_start + static_cast<double>(tick) * period;
+    if (arrive - t_start >= a.seconds) break;
+    double now = ev::now_s();
+    if (now < arrive) std::this_thread::sleep_for(std::chrono::duration<double>(arrive - now));
+    // All streams' frames of this tick in one batch.
+    const double t0 = ev::now_s();
+    auto emb = vision->encode_tiles(px, nullptr, {}, &hz);
+    const double t1 = ev::now_s();
+    if (!emb.ok()) {
+      std::fprintf(stderr, "vision: %s\n", emb.status().to_string().c_str());
+      std::exit(1);
+    }
+    batch_ms.push_back((t1 - t0) * 1e3);
+    for (int s = 0; s < N; ++s) vis_latency.push_back(t1 - arrive);
+    frames += N;
+    // Later ticks whose arrival has passed are late frames (processed with the next batch in a real pipeline):
+    // count how far behind the loop is.
+    const int64_t behind = static_cast<int64_t>((t1 - arrive) / period);
+    backlog_max = std::max(backlog_max, behind);
+    if (behind > 0) dropped_ticks += 0;
+    // 5 Hz language requests, each on the stream's newest frame.
+    if (t1 >= next_lang) {
+      std::lock_guard<std::mutex> lk(mu);
+      for (int s = 0; s < N; ++s) {
+        Tensor one = Tensor::empty(ev::DType::kF32, ev::Shape{1, tok, H});
+        std::memcpy(one.data(), emb->data_as<float>() + static_cast<int64_t>(s) * tok * H, one.nbytes());
+        queue.push_back({s, t1, std::move(one)});
+      }
+      next_lang += lang_period;
+      cv.notify_all();
+    }
+    ++tick;
+  }
+  const double elapsed = ev::now_s() - t_start;
+  size_t left;
+  {
+    std::lock_guard<std::mutex> lk(mu);
+    left = queue.size();
+    queue.clear();
+    stop = true;
+  }
+  cv.notify_all();
+  for (auto& t : workers) t.join();
+  int64_t total_answers = 0;
+  for (int c : answers) total_answers += c;
+  nlohmann::json j;
+  j["streams"] = N;
+  j["seconds"] = elapsed;
+  j["frames"] = frames;
+  j["vision_batch_ms_median"] = median(batch_ms);
+  j["vision_latency_ms_p50"] = pct(vis_latency, 0.5) * 1e3;
+  j["vision_latency_ms_p99"] = pct(vis_latency, 0.99) * 1e3;
+  j["vision_backlog_ticks_max"] = backlog_max;
+  j["language_workers"] = a.workers;
+  j["language_answers"] = total_answers;
+  j["language_hz_per_stream"] = static_cast<double>(total_answers) / elapsed / N;
+  j["language_latency_ms_p50"] = pct(lang_latency, 0.5) * 1e3;
+  j["language_latency_ms_p99"] = pct(lang_latency, 0.99) * 1e3;
+  j["language_requests_unserved"] = static_cast<int64_t>(left);
+  if (!first_error.empty()) {
+    j["language_error"] = first_error;
+    std::printf("  language error: %s\n", first_error.c_str());
+  }
+  std::printf("  streams %d x 30 FPS for %.1f s: vision batch %.2f ms median, frame latency p50 %.2f / p99 %.2f ms, "
+              "backlog max %lld ticks\n",
+              N, elapsed, median(batch_ms), pct(vis_latency, 0.5) * 1e3, pct(vis_latency, 0.99) * 1e3,
+              static_cast<long long>(backlog_max));
+  std::printf("  language: %d workers, %lld answers = %.2f Hz per stream (target 5), latency p50 %.0f / p99 %.0f ms, "
+              "%zu requests unserved at the end\n",
+              a.workers, static_cast<long long>(total_answers), static_cast<double>(total_answers) / elapsed / N,
+              pct(lang_latency, 0.5) * 1e3, pct(lang_latency, 0.99) * 1e3, left);
+  (void)dropped_ticks;
+  return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "bench_cuda: %s needs a value\n", k.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (k == "--shape-dir") a.shape_dir = val();
+    else if (k == "--student") a.student = val();
+    else if (k == "--what") a.what = val();
+    else if (k == "--json") a.json = val();
+    else if (k == "--repeats") a.repeats = std::max(1, std::stoi(val()));
+    else if (k == "--batch") a.batches.push_back(std::max(1, std::stoi(val())));
+    else if (k == "--decode-tokens") a.decode_tokens = std::max(1, std::stoi(val()));
+    else if (k == "--streams") a.streams = std::max(1, std::stoi(val()));
+    else if (k == "--seconds") a.seconds = std::max(0.5, std::stod(val()));
+    else if (k == "--workers") a.workers = std::max(1, std::stoi(val()));
+    else if (k == "--answer-tokens") a.answer_tokens = std::max(1, std::stoi(val()));
+    else if (k == "--device") a.device = g_device = val();
+    else {
+      std::fprintf(stderr, "bench_cuda: unknown argument %s\n", k.c_str());
+      return 2;
+    }
+  }
+  if (a.batches.empty()) a.batches = {32, 64};
+  if (a.device == "cpu") {  // the harness alone, on the CPU backend
+    nlohmann::json out;
+    if (has(a.what, "streams")) out["streams"] = bench_streams(a);
+    if (!a.json.empty()) std::ofstream(a.json) << out.dump(2) << "\n";
+    return 0;
+  }
+  auto dev = ev::cuda_device_info(0);
+  if (!dev.ok()) {
+    std::fprintf(stderr, "bench_cuda: %s\n", dev.status().to_string().c_str());
+    return 1;
+  }
+  std::printf("bench_cuda on %s\n", dev->describe().c_str());
+  nlohmann::json out;
+  out["device"] = dev->describe();
+  out["ceilings"] = ceilings();
+  std::printf("  ceilings: %s\n", out["ceilings"].dump().c_str());
+  if (has(a.what, "tile") || has(a.what, "batch") || has(a.what, "decode")) {
+    if (!std::filesystem::exists(a.shape_dir + "/model.safetensors")) {
+      const double t0 = ev::now_s();
+      ev::Status st = ev::write_random_model(a.shape_dir, "smolvlm-256m", 1, ev::DType::kBF16);
+      if (!st.ok()) {
+        std::fprintf(stderr, "bench_cuda: %s\n", st.to_string().c_str());
+        return 1;
+      }
+      std::printf("  wrote the random smolvlm-256m model in %.1f s\n", ev::now_s() - t0);
+    }
+    for (bool graphs : {true, false}) {
+      auto e = load(a.shape_dir, graphs, true);
+      const char* label = graphs ? "graphs" : "no-graphs";
+      if (has(a.what, "tile")) out["tile"].push_back(bench_tile(*e, 1, a.repeats, label));
+      if (has(a.what, "batch"))
+        for (int b : a.batches) out["batch"].push_back(bench_tile(*e, b, std::max(5, a.repeats / 3), label));
+      if (has(a.what, "decode")) out["decode"].push_back(bench_decode(*e, a.decode_tokens, label));
+      if (!graphs && has(a.what, "profile")) {
+        out["profile_b1"] = profile_vision(*e, 1);
+        out["profile_b32"] = profile_vision(*e, 32);
+      }
+    }
+  }
+  if (has(a.what, "streams")) out["streams"] = bench_streams(a);
+  if (!a.json.empty()) {
+    std::ofstream f(a.json);
+    f << out.dump(2) << "\n";
+  }
+  return 0;
+}
