@@ -507,7 +507,14 @@ int main(int argc, char** argv) {
       if (has(a.what, "tile")) out["tile"].push_back(bench_tile(*e, 1, a.repeats, label));
       if (has(a.what, "batch"))
         for (int b : a.batches) out["batch"].push_back(bench_tile(*e, b, std::max(5, a.repeats / 3), label));
-      if (has(a.what, "decode")) out["decode"].push_back(bench_decode(*e, a.decode_tokens, label));
+      if (has(a.what, "decode")) {
+        if (graphs) {  // programmatic dependent launch off, then on (the default), side by side
+          ev::cuda_set_dependent_launch(false);
+          out["decode"].push_back(bench_decode(*e, a.decode_tokens, "graphs-no-pdl"));
+          ev::cuda_set_dependent_launch(true);
+        }
+        out["decode"].push_back(bench_decode(*e, a.decode_tokens, label));
+      }
       if (!graphs && has(a.what, "profile")) {
         out["profile_b1"] = profile_vision(*e, 1);
         out["profile_b32"] = profile_vision(*e, 32);

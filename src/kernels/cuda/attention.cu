@@ -258,6 +258,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attn_kernel(const float
                                                           int Hkv, int D, float scale_log2, int causal,
                                                           int64_t q_offset, float* __restrict__ out,
                                                           float* __restrict__ lse, const int32_t* __restrict__ positions) {
+  pdl_wait();
+  pdl_launch_dependents();
   extern __shared__ float dsm[];
   float* qs = dsm;                 // [D]
   float* sc = dsm + 256;           // [n_keys]
@@ -716,10 +718,12 @@ cudaError_t init_kernels() {
   raise(reinterpret_cast<const void*>(&flash2_kernel<32, 8>), Flash2Layout<32, 8>::bytes);
   raise(reinterpret_cast<const void*>(&flash2_kernel<64, 8>), Flash2Layout<64, 8>::bytes);
   raise(reinterpret_cast<const void*>(&flash2_kernel<128, 8>), Flash2Layout<128, 8>::bytes);
-  int dev = 0, sms = 0;
+  int dev = 0, sms = 0, major = 0;
   if (e == cudaSuccess && cudaGetDevice(&dev) == cudaSuccess &&
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0)
     g_sms = sms;
+  if (e == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
+    g_pdl = major >= 9;
   raise(reinterpret_cast<const void*>(&score_kernel<32>), FlashLayout<32>::score_bytes);
   raise(reinterpret_cast<const void*>(&score_kernel<64>), FlashLayout<64>::score_bytes);
   raise(reinterpret_cast<const void*>(&score_kernel<128>), FlashLayout<128>::score_bytes);
@@ -764,8 +768,8 @@ int attention(const float* q, const float* k, const float* v, int64_t B, int64_t
   if (T <= 8 && S <= kDecodeMaxKeys && D <= 256) {
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
     const size_t smem = (256 + static_cast<size_t>(S)) * sizeof(float);
-    decode_attn_kernel<<<grid, kDecodeThreads, smem, s>>>(q, k, v, T, S, Hq, Hkv, D, sl2, causal ? 1 : 0, q_offset, out, lse,
-                                               positions);
+    launch_pdl(decode_attn_kernel, grid, dim3(kDecodeThreads), smem, s, q, k, v, T, S, Hq, Hkv, D, sl2,
+               causal ? 1 : 0, q_offset, out, lse, positions);
     return 1;
   }
   const int U = (D + 31) / 32;

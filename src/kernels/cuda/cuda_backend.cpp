@@ -1211,6 +1211,7 @@ uint64_t CudaExecutorImpl::signature(const Graph& g) const {
   };
   mix(mirror_epoch_);
   mix(be_->epoch());
+  mix(cuda::g_pdl ? 1 : 0);  // launches are captured with or without programmatic dependencies
   mix(g.nodes.size());
   for (const Node& nd : g.nodes) {
     mix(static_cast<uint64_t>(nd.op));
@@ -1681,6 +1682,20 @@ CudaBackendImpl::~CudaBackendImpl() {
 }  // namespace
 
 bool cuda_built() { return true; }
+
+namespace {
+bool g_pdl_supported = false, g_pdl_checked = false;
+}
+void cuda_set_dependent_launch(bool on) {
+  if (!g_pdl_checked) {
+    int dev = 0, major = 0;
+    g_pdl_supported = cudaGetDevice(&dev) == cudaSuccess &&
+                      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+    g_pdl_checked = true;
+  }
+  cuda::g_pdl = on && g_pdl_supported;
+}
+bool cuda_dependent_launch() { return cuda::g_pdl; }
 
 std::string CudaDeviceInfo::describe() const {
   char buf[256];

@@ -67,6 +67,12 @@ Result<std::unique_ptr<Backend>> make_cuda_backend(const CudaOptions& opt);
 // executor of an engine): each has its own CUDA stream, buffers and graphs, so they run concurrently.
 Result<std::unique_ptr<Executor>> make_cuda_executor(Backend* cuda, Backend* fallback);
 
+// Programmatic dependent launch of the decode kernels (on by default where the device has it, sm_90): off makes
+// every kernel wait for the previous one's end before it launches. For side-by-side measurements; graphs captured
+// afterwards follow the new setting.
+void cuda_set_dependent_launch(bool on);
+bool cuda_dependent_launch();
+
 // What a CudaExecutor did in its last run (tests and benchmarks read this through the executor).
 struct CudaRunStats {
   int gpu_nodes = 0, cpu_nodes = 0, fused_nodes = 0;

@@ -92,7 +92,39 @@ bool attention_uses_flash(int64_t T, int D);
 int attn_score_from_lse(const float* q, const float* k, const float* lse, int64_t B, int64_t T, int64_t S, int Hq,
                         int Hkv, int D, float scale, float* score, cudaStream_t s);
 
-// One-time setup (shared-memory limits of the kernels that need more than 48 KB).
+// One-time setup (shared-memory limits of the kernels that need more than 48 KB; whether the device has
+// programmatic dependent launch).
 cudaError_t init_kernels();
+
+// Programmatic dependent launch (Hopper): the decode kernels are launched so that each may start while the
+// previous one finishes (its launch and prologue overlap), and wait for it with griddepcontrol.wait before touching
+// memory. Off on devices before sm_90 and when disabled.
+extern bool g_pdl;
+#if defined(__CUDACC__)
+__device__ inline void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ inline void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+template <typename... KArgs, typename... Args>
+inline void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = s;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = g_pdl ? 1 : 0;
+  cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+}
+#endif
 
 }  // namespace ev::cuda

@@ -22,5 +22,7 @@ Result<CudaDeviceInfo> cuda_device_info(int) { return not_built(); }
 Result<std::unique_ptr<Backend>> make_cuda_backend(const CudaOptions&) { return not_built(); }
 Result<std::unique_ptr<Executor>> make_cuda_executor(Backend*, Backend*) { return not_built(); }
 Result<CudaRunStats> cuda_run_stats(const Executor&) { return not_built(); }
+void cuda_set_dependent_launch(bool) {}
+bool cuda_dependent_launch() { return false; }
 
 }  // namespace ev

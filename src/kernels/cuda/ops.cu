@@ -9,6 +9,9 @@
 #include "kernels/cuda/cuda_kernels.h"
 
 namespace ev::cuda {
+
+bool g_pdl = false;
+
 namespace {
 
 constexpr int kThreads = 256;
@@ -213,6 +216,8 @@ __global__ void rope_store_kv_kernel(const float* __restrict__ xq, const float* 
                                      const float* __restrict__ xv, int Hq, int Hkv, int D, float theta,
                                      const int32_t* __restrict__ positions, float* __restrict__ q_out,
                                      float* __restrict__ kc, float* __restrict__ vc, int64_t cap, DevError* err) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t pos = positions[0];
   const int half = D / 2;
   const int64_t kvd = static_cast<int64_t>(Hkv) * D;
@@ -271,6 +276,8 @@ __global__ void pixel_shuffle_kernel(const float* __restrict__ x, int64_t B, int
 
 __global__ void get_rows_kernel(const void* __restrict__ table, int tt, int64_t V, int64_t C,
                                 const int32_t* __restrict__ ids, int64_t T, void* __restrict__ y, DevError* err) {
+  pdl_wait();
+  pdl_launch_dependents();
   const int64_t n = T * C;
   for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < n;
        o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -533,6 +540,8 @@ template <int M, bool kBF16, int PRE, int WPN>
 __global__ void gemv_kernel(const float* __restrict__ x, int64_t K, const void* __restrict__ wv, int64_t N,
                             const float* __restrict__ bias, const float* __restrict__ residual, float* __restrict__ y,
                             int vec, const float* __restrict__ nw, float eps) {
+  pdl_wait();
+  pdl_launch_dependents();
   __shared__ float inv[M];
   if constexpr (PRE == 1) {
     __shared__ float part[M][8];
@@ -653,14 +662,15 @@ int launch_gemv(const float* x, int64_t K, const void* w, bool bf16, int64_t N, 
   // 16-byte loads need 16-byte aligned rows (x may be a view at an odd offset; weights come from cudaMalloc).
   const int vec = (reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
                    (nw == nullptr || reinterpret_cast<uintptr_t>(nw) % 16 == 0)) ? 1 : 0;
+  const dim3 b(warps * 32);
   if (bf16 && split)
-    gemv_kernel<M, true, PRE, 4><<<grid, warps * 32, 0, s>>>(x, K, w, N, bias, residual, y, vec, nw, eps);
+    launch_pdl(gemv_kernel<M, true, PRE, 4>, grid, b, 0, s, x, K, w, N, bias, residual, y, vec, nw, eps);
   else if (bf16)
-    gemv_kernel<M, true, PRE, 1><<<grid, warps * 32, 0, s>>>(x, K, w, N, bias, residual, y, vec, nw, eps);
+    launch_pdl(gemv_kernel<M, true, PRE, 1>, grid, b, 0, s, x, K, w, N, bias, residual, y, vec, nw, eps);
   else if (split)
-    gemv_kernel<M, false, PRE, 4><<<grid, warps * 32, 0, s>>>(x, K, w, N, bias, residual, y, vec, nw, eps);
+    launch_pdl(gemv_kernel<M, false, PRE, 4>, grid, b, 0, s, x, K, w, N, bias, residual, y, vec, nw, eps);
   else
-    gemv_kernel<M, false, PRE, 1><<<grid, warps * 32, 0, s>>>(x, K, w, N, bias, residual, y, vec, nw, eps);
+    launch_pdl(gemv_kernel<M, false, PRE, 1>, grid, b, 0, s, x, K, w, N, bias, residual, y, vec, nw, eps);
   return 1;
 }
 
@@ -727,7 +737,8 @@ int rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_
 int rope_store_kv(const float* xq, const float* xk, const float* xv, int Hq, int Hkv, int D, float theta,
                   const int32_t* positions, float* q_out, float* k_cache, float* v_cache, int64_t cap, DevError* err,
                   cudaStream_t s) {
-  rope_store_kv_kernel<<<1, 256, 0, s>>>(xq, xk, xv, Hq, Hkv, D, theta, positions, q_out, k_cache, v_cache, cap, err);
+  launch_pdl(rope_store_kv_kernel, dim3(1), dim3(256), 0, s, xq, xk, xv, Hq, Hkv, D, theta, positions, q_out, k_cache,
+             v_cache, cap, err);
   return 1;
 }
 
@@ -749,7 +760,8 @@ int pixel_shuffle(const float* x, int64_t B, int64_t S, int64_t E, int scale, fl
 int get_rows(const void* table, TableType tt, int64_t V, int64_t C, const int32_t* ids, int64_t T, void* y,
              DevError* err, cudaStream_t s) {
   if (T * C == 0) return 0;
-  get_rows_kernel<<<blocks_for(T * C, 2), kThreads, 0, s>>>(table, static_cast<int>(tt), V, C, ids, T, y, err);
+  launch_pdl(get_rows_kernel, dim3(blocks_for(T * C, 2)), dim3(kThreads), 0, s, table, static_cast<int>(tt), V, C, ids,
+             T, y, err);
   return 1;
 }
 
