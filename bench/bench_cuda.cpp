@@ -12,8 +12,8 @@
 //  streams   N concurrent 30 FPS streams of the shipped student (default 256) for S seconds in real time: each
 //            frame tick, one vision pass batched across the streams (fast head included); latency = batch done -
 //            frame arrival. W language workers (each its own engine and CUDA stream) serve requests that every
-//            stream issues at 5 Hz on its newest frame (prompt prefill + 32 tokens): achieved rate per stream and
-//            latency.
+//            stream issues at 5 Hz on its newest frame (prompt prefill + 32 tokens), up to --lang-batch of them
+//            decoded together (Engine::generate_batch): achieved rate per stream and latency.
 // The 256M model is written with random weights (tools/random_model.h) into --shape-dir if it has none.
 #include <algorithm>
 #include <atomic>
@@ -44,6 +44,7 @@
 
 namespace {
 
+using ev::Status;
 using ev::Tensor;
 
 double median(std::vector<double> v) {
@@ -70,6 +71,7 @@ struct Args {
   double seconds = 10;
   int workers = 8;
   int answer_tokens = 32;
+  int lang_batch = 64;  // requests a language worker decodes together (Engine::generate_batch); 1: one at a time
   std::string device = "cuda";  // cpu: the streams part on the CPU backend (for checking the harness without a GPU)
 };
 std::string g_device = "cuda";
@@ -342,22 +344,35 @@ nlohmann::json bench_streams(const Args& a) {
   for (int w = 0; w < a.workers; ++w) {
     workers.emplace_back([&, w] {
       for (;;) {
-        LangRequest r;
+        std::vector<LangRequest> rs;
         {
           std::unique_lock<std::mutex> lk(mu);
           cv.wait(lk, [&] { return stop || !queue.empty(); });
           if (queue.empty()) return;
-          r = std::move(queue.front());
-          queue.pop_front();
+          while (!queue.empty() && static_cast<int>(rs.size()) < a.lang_batch) {
+            rs.push_back(std::move(queue.front()));
+            queue.pop_front();
+          }
         }
-        auto res = lang[static_cast<size_t>(w)]->generate_encoded(make_enc(r.embeds), messages, gen);
+        std::vector<ev::EncodedImages> encs;
+        for (const LangRequest& r : rs) encs.push_back(make_enc(r.embeds));
+        Status st = Status::Ok();
+        if (rs.size() == 1) {
+          auto res = lang[static_cast<size_t>(w)]->generate_encoded(encs[0], messages, gen);
+          if (!res.ok()) st = res.status();
+        } else {
+          auto res = lang[static_cast<size_t>(w)]->generate_batch(encs, messages, gen);
+          if (!res.ok()) st = res.status();
+        }
         const double done = ev::now_s();
         std::lock_guard<std::mutex> lk(mu);
-        if (res.ok()) {
-          lang_latency.push_back(done - r.issued);
-          ++answers[static_cast<size_t>(r.stream)];
+        if (st.ok()) {
+          for (const LangRequest& r : rs) {
+            lang_latency.push_back(done - r.issued);
+            ++answers[static_cast<size_t>(r.stream)];
+          }
         } else if (first_error.empty()) {
-          first_error = res.status().to_string();
+          first_error = st.to_string();
         }
       }
     });
@@ -423,6 +438,7 @@ nlohmann::json bench_streams(const Args& a) {
   j["vision_latency_ms_p99"] = pct(vis_latency, 0.99) * 1e3;
   j["vision_backlog_ticks_max"] = backlog_max;
   j["language_workers"] = a.workers;
+  j["language_batch"] = a.lang_batch;
   j["language_answers"] = total_answers;
   j["language_hz_per_stream"] = static_cast<double>(total_answers) / elapsed / N;
   j["language_latency_ms_p50"] = pct(lang_latency, 0.5) * 1e3;
@@ -468,6 +484,7 @@ int main(int argc, char** argv) {
     else if (k == "--seconds") a.seconds = std::max(0.5, std::stod(val()));
     else if (k == "--workers") a.workers = std::max(1, std::stoi(val()));
     else if (k == "--answer-tokens") a.answer_tokens = std::max(1, std::stoi(val()));
+    else if (k == "--lang-batch") a.lang_batch = std::max(1, std::stoi(val()));
     else if (k == "--device") a.device = g_device = val();
     else {
       std::fprintf(stderr, "bench_cuda: unknown argument %s\n", k.c_str());

@@ -148,7 +148,8 @@ TensorId Graph::swiglu(const std::string& name, TensorId gate_up) {
 TensorId Graph::attention(const std::string& name, TensorId q, TensorId k, TensorId v, int n_heads, int n_kv_heads,
                           int head_dim, float scale, bool causal, int64_t q_offset, TensorId positions) {
   const Shape &qs = shape(q), &ks = shape(k), &vs = shape(v);
-  if (positions >= 0 && (node(positions).out_dtype != DType::kI32 || shape(positions).numel() != (qs.ndim == 3 ? qs[1] : -1)))
+  if (positions >= 0 && (node(positions).out_dtype != DType::kI32 || qs.ndim != 3 ||
+                         (shape(positions).numel() != qs[1] && shape(positions).numel() != qs[0] * qs[1])))
     return fail(name + ": attention positions " + shape(positions).to_string() + " for q" + qs.to_string());
   if (qs.ndim != 3 || ks.ndim != 3 || vs.ndim != 3) return fail(name + ": attention expects [B, T, H*D] inputs");
   if (n_heads <= 0 || n_kv_heads <= 0 || n_heads % n_kv_heads != 0)
@@ -171,7 +172,8 @@ TensorId Graph::rope(const std::string& name, TensorId x, int n_heads, int head_
   const Shape& xs = shape(x);
   if (xs.ndim != 3 || xs[2] != static_cast<int64_t>(n_heads) * head_dim || head_dim % 2 != 0)
     return fail(name + ": rope input " + xs.to_string());
-  if (positions >= 0 && (node(positions).out_dtype != DType::kI32 || shape(positions).numel() != xs[1]))
+  if (positions >= 0 && (node(positions).out_dtype != DType::kI32 ||
+                         (shape(positions).numel() != xs[1] && shape(positions).numel() != xs[0] * xs[1])))
     return fail(name + ": rope positions " + shape(positions).to_string() + " for x" + xs.to_string());
   Node n = make(OpKind::kRope, name, positions >= 0 ? std::vector<TensorId>{x, positions} : std::vector<TensorId>{x}, xs);
   n.p.n_heads = n_heads;

@@ -18,11 +18,13 @@
 //   kAttention   in: q [B, T, Hq*D], k [B, S, Hkv*D], v [B, S, Hkv*D]; p.n_heads = Hq, p.n_kv_heads = Hkv,
 //                p.head_dim = D, p.scale, p.causal, p.q_offset (query i sits at key position q_offset + i,
 //                so causal masking allows keys 0..q_offset+i)                          out: [B, T, Hq*D]
-//                optional 4th input positions [T] (i32): query i sits at key position positions[i] instead
-//                (the positions live in a tensor, so one graph serves every decode step: static decode)
+//                optional 4th input positions (i32), [T] or [B*T]: query i (of batch element b) sits at key
+//                position positions[i] (positions[b*T + i]) instead (the positions live in a tensor, so one graph
+//                serves every decode step: static decode; [B*T]: a batch of sequences at different positions)
 //   kRope        in: x [B, T, H*D]; p.n_heads = H, p.head_dim = D, p.rope_theta, p.q_offset (position of
 //                token 0); rotate-half (HF Llama) convention                           out: shape of x
-//                optional 2nd input positions [T] (i32): the position of token t is positions[t]
+//                optional 2nd input positions (i32), [T] or [B*T]: the position of token t (of batch element b)
+//                is positions[t] (positions[b*T + t])
 //   kPatchify    in: pixels [B, 3, H, W]; p.patch = P    out: [B, (H/P)*(W/P), 3*P*P] (channel, row, col
 //                order within a patch, i.e. conv2d weight [E, 3, P, P] flattened to [E, 3*P*P])
 //   kPixelShuffle in: x [B, S, E] with S = h*h; p.scale = s                            out: [B, S/(s*s), E*s*s]

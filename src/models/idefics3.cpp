@@ -36,6 +36,11 @@ class Idefics3Model final : public VlmModel {
   TensorId build_decode_step(Graph& g, TensorId x, const KvCache& cache, TensorId positions) const override {
     return text_.build(g, x, 1, cache, 1, positions).logits;
   }
+  TensorId build_decode_batch(Graph& g, TensorId x, const KvCache& cache, int64_t seq_capacity, TensorId positions,
+                              TensorId rows) const override {
+    const int64_t B = g.shape(x).rows();
+    return text_.build(g, x, B, cache, B, positions, rows, seq_capacity).logits;
+  }
   size_t weight_bytes() const override { return weight_bytes_; }
   int select_fused_linears(bool on, LinearPlan* plan) override { return text_.select_fused(on, plan); }
 

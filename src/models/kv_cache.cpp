@@ -16,4 +16,17 @@ size_t KvCache::bytes() const {
   return b;
 }
 
+KvCache KvCache::slot(int64_t b, int64_t cap) const {
+  KvCache c;
+  if (b < 0 || cap <= 0 || (b + 1) * cap > capacity_) return c;  // outside this cache: an empty one
+  c.capacity_ = cap;
+  c.kv_dim_ = kv_dim_;
+  c.size_ = 0;
+  for (size_t l = 0; l < k_.size(); ++l) {
+    c.k_.push_back(k_[l].slice_rows(b * cap, (b + 1) * cap));
+    c.v_.push_back(v_[l].slice_rows(b * cap, (b + 1) * cap));
+  }
+  return c;
+}
+
 }  // namespace ev

@@ -28,6 +28,9 @@ class KvCache {
   const Tensor& k_layer(int layer) const { return k_[static_cast<size_t>(layer)]; }
   const Tensor& v_layer(int layer) const { return v_[static_cast<size_t>(layer)]; }
   int n_layers() const { return static_cast<int>(k_.size()); }
+  // Rows [b * cap, (b + 1) * cap) of every layer as a cache of its own (views: the same storage), empty: the slot
+  // of sequence b in a cache shared by several sequences (VlmModel::build_decode_batch).
+  KvCache slot(int64_t b, int64_t cap) const;
 
  private:
   std::vector<Tensor> k_, v_;

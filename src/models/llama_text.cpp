@@ -181,12 +181,15 @@ TensorId LlamaTextModel::embed(Graph& g, TensorId ids) const {
 }
 
 TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits,
-                               TensorId positions) const {
+                               TensorId positions, TensorId rows, int64_t seq_capacity) const {
   const bool stat = positions >= 0;
-  if (stat && T != 1) {
-    g.rope("t.static_decode", x, 0, 0, 1.f, 0);  // records a shape error: the static form is one token
+  // Static decode: T sequences of one token (T = 1 without `rows`: the cache is that one sequence's).
+  const int64_t seq_cap = stat && rows >= 0 ? seq_capacity : cache.capacity();
+  if (stat && ((T != 1 && rows < 0) || seq_cap <= 0 || cache.capacity() < T * seq_cap)) {
+    g.rope("t.static_decode", x, 0, 0, 1.f, 0);  // records a shape error
     return {};
   }
+  const int64_t Bq = stat ? T : 1, Tq = stat ? 1 : T;  // attention batch and queries per batch element
   const int Hq = cfg_.num_attention_heads, Hkv = cfg_.num_key_value_heads, D = head_dim_;
   const int64_t H = cfg_.hidden_size;
   const int64_t pos0 = cache.size();
@@ -213,23 +216,24 @@ TextStep LlamaTextModel::build(Graph& g, TensorId x, int64_t T, const KvCache& c
       k = g.linear(nm("k"), h, wt("k_w", L.k_w), opt_b("k_b", L.k_b));                   // [T, Hkv*D]
       v = g.linear(nm("v"), h, wt("v_w", L.v_w), opt_b("v_b", L.v_b));
     }
-    q = g.reshape(nm("q3"), q, Shape{1, T, static_cast<int64_t>(Hq) * D});
-    k = g.reshape(nm("k3"), k, Shape{1, T, kvd});
-    v = g.reshape(nm("v3"), v, Shape{1, T, kvd});
+    q = g.reshape(nm("q3"), q, Shape{Bq, Tq, static_cast<int64_t>(Hq) * D});
+    k = g.reshape(nm("k3"), k, Shape{Bq, Tq, kvd});
+    v = g.reshape(nm("v3"), v, Shape{Bq, Tq, kvd});
     TensorId a;
     if (stat) {
       // The row at the position (a tensor) is written in place; attention reads the whole capacity, masked by it.
       q = g.rope(nm("q_rope"), q, Hq, D, theta, 0, positions);
       k = g.rope(nm("k_rope"), k, Hkv, D, theta, 0, positions);
-      const Tensor& kl = cache.k_layer(l);
-      const Tensor& vl = cache.v_layer(l);
-      const int64_t cap = cache.capacity();
-      TensorId kw = g.scatter_rows_into(nm("k_cache"), g.input(nm("k_all"), kl), g.reshape(nm("k2"), k, Shape{1, kvd}),
-                                        positions, kl);
-      TensorId vw = g.scatter_rows_into(nm("v_cache"), g.input(nm("v_all"), vl), g.reshape(nm("v2"), v, Shape{1, kvd}),
-                                        positions, vl);
-      a = g.attention(nm("attn"), q, g.reshape(nm("k_full"), kw, Shape{1, cap, kvd}),
-                      g.reshape(nm("v_full"), vw, Shape{1, cap, kvd}), Hq, Hkv, D, scale, /*causal=*/true, 0, positions);
+      const Tensor kl = cache.k_layer(l).slice_rows(0, T * seq_cap);
+      const Tensor vl = cache.v_layer(l).slice_rows(0, T * seq_cap);
+      const TensorId idx = rows >= 0 ? rows : positions;
+      TensorId kw = g.scatter_rows_into(nm("k_cache"), g.input(nm("k_all"), kl), g.reshape(nm("k2"), k, Shape{T, kvd}),
+                                        idx, kl);
+      TensorId vw = g.scatter_rows_into(nm("v_cache"), g.input(nm("v_all"), vl), g.reshape(nm("v2"), v, Shape{T, kvd}),
+                                        idx, vl);
+      a = g.attention(nm("attn"), q, g.reshape(nm("k_full"), kw, Shape{Bq, seq_cap, kvd}),
+                      g.reshape(nm("v_full"), vw, Shape{Bq, seq_cap, kvd}), Hq, Hkv, D, scale, /*causal=*/true, 0,
+                      positions);
     } else {
       q = g.rope(nm("q_rope"), q, Hq, D, theta, pos0);
       k = g.rope(nm("k_rope"), k, Hkv, D, theta, pos0);

@@ -56,9 +56,11 @@ class LlamaTextModel {
   // Runs T new tokens whose embeddings are `x` [T, H] at positions cache.size() .. +T, appending K/V to `cache`
   // (capacity must suffice; the caller advances cache.size() after the run). Produces logits for the last
   // `n_logits` rows (1 for generation). `hidden_dump` names every layer output ("t.blk.N.out").
-  // positions >= 0 (an i32 [1] leaf, T = 1): the static decode step (VlmModel::build_decode_step).
+  // positions >= 0 (an i32 leaf): the static decode step (VlmModel::build_decode_step): T = 1 and positions [1];
+  // or T sequences of one token each (VlmModel::build_decode_batch): positions [T], rows [T] their cache rows
+  // (sequence b's slot starts at b * seq_capacity).
   TextStep build(Graph& g, TensorId x, int64_t T, const KvCache& cache, int64_t n_logits = 1,
-                 TensorId positions = -1) const;
+                 TensorId positions = -1, TensorId rows = -1, int64_t seq_capacity = 0) const;
 
   const TextConfig& config() const { return cfg_; }
   int head_dim() const { return head_dim_; }

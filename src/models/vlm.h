@@ -49,6 +49,11 @@ class VlmModel {
   // scattered into the cache in place. The graph is then the same at every step, so an executor can replay it as
   // it is (CUDA graphs without capture); only the id and position tensors change.
   virtual TensorId build_decode_step(Graph& g, TensorId x, const KvCache& cache, TensorId positions) const = 0;
+  // The same for B sequences of one token each (x [B, H]): sequence b owns cache rows [b * seq_capacity,
+  // (b + 1) * seq_capacity) (KvCache::slot), sits at positions[b] and writes row rows[b] = b * seq_capacity +
+  // positions[b] (both i32 [B] leaves). Logits [B, V]. Every projection is one GEMM for all B sequences.
+  virtual TensorId build_decode_batch(Graph& g, TensorId x, const KvCache& cache, int64_t seq_capacity,
+                                      TensorId positions, TensorId rows) const = 0;
 
   // Bytes of weights this model references (for reports).
   virtual size_t weight_bytes() const = 0;

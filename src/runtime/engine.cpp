@@ -505,6 +505,8 @@ Result<Tensor> Engine::forward_text(const std::vector<int32_t>& ids, const Tenso
     return ShapeMismatch("the prompt has " + std::to_string(img_pos.size()) + " image tokens but " +
                          std::to_string(n_img) + " image embeddings were given");
   n_logits = std::clamp<int64_t>(n_logits, 1, T);
+  if (on_cuda_ && opt_.static_decode && T == 1 && n_img == 0 && !exec.on_tensor && !exec.on_inputs && !exec.time_nodes)
+    return decode_step(ids[0], cache);
 
   Tensor ids_t = Tensor::empty(DType::kI32, Shape{T});
   std::memcpy(ids_t.data(), ids.data(), ids.size() * sizeof(int32_t));
@@ -517,8 +519,6 @@ Result<Tensor> Engine::forward_text(const std::vector<int32_t>& ids, const Tenso
     EV_ASSIGN_OR_RETURN(Tensor emb2, image_embeds.reshape(Shape{n_img, model_->text_hidden()}));
     x = g.scatter_rows("t.embd_merged", x, g.input("image_embeds", emb2), g.input("image_pos", pos_t));
   }
-  if (on_cuda_ && opt_.static_decode && T == 1 && n_img == 0 && !exec.on_tensor && !exec.on_inputs && !exec.time_nodes)
-    return decode_step(ids[0], cache);
   TensorId logits = model_->build_decoder(g, x, T, cache, n_logits);
   g.mark_output(logits);
   if (on_cuda_)  // the cache lives on the GPU (its host copy is not kept current)
@@ -540,7 +540,140 @@ struct Engine::DecodeStep {
   int64_t capacity = 0;
 };
 
+// generate_batch's state: one cache with a slot per sequence, and the step graph over it (rebuilt when the batch
+// size or the slot size changes).
+struct Engine::DecodeBatch {
+  KvCache cache;
+  int64_t batch = 0, seq_cap = 0;
+  Graph g;
+  Tensor ids, pos, rows;
+  TensorId logits = -1;
+};
+
 Engine::~Engine() = default;
+
+Result<std::vector<GenerateResult>> Engine::generate_batch(const std::vector<EncodedImages>& encs,
+                                                           const nlohmann::json& messages, const GenerateOptions& gen) {
+  const int64_t B = static_cast<int64_t>(encs.size());
+  if (B == 0) return std::vector<GenerateResult>{};
+  if (gen.max_new_tokens < 0 || gen.max_new_tokens > 1 << 20)
+    return InvalidArgument("max_new_tokens " + std::to_string(gen.max_new_tokens) + " is out of range");
+  const double t0 = now_s();
+  EV_ASSIGN_OR_RETURN(std::string text, render_messages(messages));
+  std::vector<std::vector<int32_t>> prompts(static_cast<size_t>(B));
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const EncodedImages& enc = encs[static_cast<size_t>(b)];
+    EV_ASSIGN_OR_RETURN(std::string expanded,
+                        expand_image_tokens(text, enc.layouts,
+                                            enc.tokens_per_tile > 0 ? enc.tokens_per_tile : model_->tokens_per_tile()));
+    prompts[static_cast<size_t>(b)] = tokenizer_->encode(expanded, /*add_special_tokens=*/true);
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(prompts[static_cast<size_t>(b)].size()));
+  }
+  const int64_t seq_cap = longest + gen.max_new_tokens + 1;
+  DecodeBatch* d = decode_batch_.get();
+  if (!d || d->batch != B || d->seq_cap < seq_cap) {
+    auto nd = std::make_unique<DecodeBatch>();
+    nd->batch = B;
+    nd->seq_cap = seq_cap;
+    nd->cache = model_->make_cache(B * seq_cap);
+    nd->ids = Tensor::empty(DType::kI32, Shape{B});
+    nd->pos = Tensor::empty(DType::kI32, Shape{B});
+    nd->rows = Tensor::empty(DType::kI32, Shape{B});
+    TensorId x = model_->build_embed(nd->g, nd->g.input("ids", nd->ids));
+    nd->logits = model_->build_decode_batch(nd->g, x, nd->cache, seq_cap, nd->g.input("pos", nd->pos),
+                                            nd->g.input("rows", nd->rows));
+    nd->g.mark_output(nd->logits);
+    EV_RETURN_IF_ERROR(nd->g.status());
+    decode_batch_ = std::move(nd);
+    d = decode_batch_.get();
+    for (int l = 0; l < d->cache.n_layers(); ++l) {
+      exec_->keep_resident(d->cache.k_layer(l));
+      exec_->keep_resident(d->cache.v_layer(l));
+    }
+  }
+  std::vector<GenerateResult> res(static_cast<size_t>(B));
+  std::vector<KvCache> slots;
+  std::vector<Tensor> logits(static_cast<size_t>(B));
+  std::vector<Sampler> samplers;
+  std::vector<StreamDecoder> decoders;
+  const double t_pre = now_s();
+  for (int64_t b = 0; b < B; ++b) {  // prefill, one sequence at a time, each into its own slot
+    slots.push_back(d->cache.slot(b, d->seq_cap));
+    const auto& ids = prompts[static_cast<size_t>(b)];
+    EV_ASSIGN_OR_RETURN(logits[static_cast<size_t>(b)],
+                        forward_text(ids, encs[static_cast<size_t>(b)].embeds, slots.back(), 1));
+    samplers.emplace_back(gen.sampler);
+    samplers.back().accept(ids);
+    decoders.emplace_back(*tokenizer_, /*skip_special_tokens=*/true);
+    GenerateResult& r = res[static_cast<size_t>(b)];
+    r.fast_head = encs[static_cast<size_t>(b)].fast_head;
+    r.stats.prompt_tokens = static_cast<int>(ids.size());
+    r.stats.n_tiles = encs[static_cast<size_t>(b)].n_tiles;
+    r.stats.vision_s = encs[static_cast<size_t>(b)].vision_s;
+    r.stats.stop_reason = "max_new_tokens";
+  }
+  const double t_dec = now_s();
+  const int V = static_cast<int>(model_->vocab_size());
+  std::vector<uint8_t> done(static_cast<size_t>(B), gen.max_new_tokens == 0 ? 1 : 0);
+  std::vector<int32_t> last(static_cast<size_t>(B), 0);
+  for (int step = 0; step < gen.max_new_tokens; ++step) {
+    bool any = false;
+    for (int64_t b = 0; b < B; ++b) {
+      if (done[static_cast<size_t>(b)]) continue;
+      GenerateResult& r = res[static_cast<size_t>(b)];
+      const float* l = logits[static_cast<size_t>(b)].data_as<float>();
+      const int32_t tok = samplers[static_cast<size_t>(b)].sample(l, V);
+      const bool is_eos = std::find(stop_ids_.begin(), stop_ids_.end(), tok) != stop_ids_.end();
+      const bool is_stop = std::find(gen.extra_stop_tokens.begin(), gen.extra_stop_tokens.end(), tok) !=
+                           gen.extra_stop_tokens.end();
+      if ((is_eos && gen.stop_at_eos) || is_stop) {
+        r.stats.stop_reason = is_stop ? "stop_token" : "eos";
+        done[static_cast<size_t>(b)] = 1;
+        continue;
+      }
+      r.tokens.push_back(tok);
+      if (gen.token_probs) {
+        const float mx = *std::max_element(l, l + V);
+        double z = 0;
+        for (int v = 0; v < V; ++v) z += std::exp(static_cast<double>(l[v] - mx));
+        r.token_probs.push_back(static_cast<float>(std::exp(static_cast<double>(l[tok] - mx)) / z));
+      }
+      samplers[static_cast<size_t>(b)].accept(tok);
+      r.text += decoders[static_cast<size_t>(b)].step(tok);
+      if (gen.token_probs) r.token_text_end.push_back(r.text.size());
+      last[static_cast<size_t>(b)] = tok;
+      if (step + 1 == gen.max_new_tokens) done[static_cast<size_t>(b)] = 1;
+      any = any || !done[static_cast<size_t>(b)];
+    }
+    if (!any) break;
+    // One step for every sequence; finished ones feed their last token and advance harmlessly inside their slot
+    // (seq_cap leaves room for max_new_tokens), so the graph stays the same.
+    for (int64_t b = 0; b < B; ++b) {
+      KvCache& sc = slots[static_cast<size_t>(b)];
+      d->ids.data_as<int32_t>()[b] = last[static_cast<size_t>(b)];
+      d->pos.data_as<int32_t>()[b] = static_cast<int32_t>(sc.size());
+      d->rows.data_as<int32_t>()[b] = static_cast<int32_t>(b * d->seq_cap + sc.size());
+    }
+    EV_ASSIGN_OR_RETURN(ExecResult er, exec_->run(d->g));
+    const Tensor& lg = er[d->logits];  // [B, V]
+    for (int64_t b = 0; b < B; ++b) {
+      KvCache& sc = slots[static_cast<size_t>(b)];
+      if (sc.size() + 1 < sc.capacity()) sc.set_size(sc.size() + 1);
+      logits[static_cast<size_t>(b)] = lg.slice_rows(b, b + 1);
+    }
+  }
+  const double t_end = now_s();
+  for (int64_t b = 0; b < B; ++b) {
+    GenerateResult& r = res[static_cast<size_t>(b)];
+    r.text += decoders[static_cast<size_t>(b)].flush();
+    r.stats.preprocess_s = t_pre - t0;
+    r.stats.prefill_s = t_dec - t_pre;
+    r.stats.decode_s = t_end - t_dec;
+    r.stats.generated_tokens = static_cast<int>(r.tokens.size());
+  }
+  return res;
+}
 
 Result<Tensor> Engine::decode_step(int32_t id, KvCache& cache) {
   if (!decode_ || decode_->cache_key != cache.k_layer(0).data() || decode_->capacity != cache.capacity()) {

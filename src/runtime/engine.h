@@ -145,6 +145,12 @@ class Engine {
                                       Tensor* vision_out = nullptr, const Tensor* memory = nullptr);
   Result<GenerateResult> generate_encoded(const EncodedImages& enc, const nlohmann::json& messages,
                                           const GenerateOptions& gen, const StreamCallback& stream = nullptr);
+  // The same conversation about each of encs (one prompt per stream, say), decoded together: every decode step
+  // runs the B sequences as one graph (VlmModel::build_decode_batch: one GEMM per projection for all of them), so
+  // B answers cost about as many graph runs as one. Each sequence stops on its own (EOS, max_new_tokens); the
+  // sampler settings apply to each. One result per element of encs, as generate_encoded would give it.
+  Result<std::vector<GenerateResult>> generate_batch(const std::vector<EncodedImages>& encs,
+                                                     const nlohmann::json& messages, const GenerateOptions& gen);
 
   // Building blocks (tests, benchmarks, profiling).
   // One user turn: `text` may place the images with "<image>" markers (one per image, as llama.cpp's media
@@ -216,6 +222,7 @@ class Engine {
   // One static decode step (EngineOptions::static_decode): the graph is built once per KV cache and reused.
   Result<Tensor> decode_step(int32_t id, KvCache& cache);
   struct DecodeStep;
+  struct DecodeBatch;
   Status prepare_weights();
   Status init_plan();
   // Fuses the model's projections for `plan` and hands it to every backend (which drop their packed weights).
@@ -239,6 +246,7 @@ class Engine {
   std::unique_ptr<Backend> cpu_fallback_, vision_cpu_fallback_;  // device cuda: what CUDA does not run
   bool on_cuda_ = false;
   std::unique_ptr<DecodeStep> decode_;
+  std::unique_ptr<DecodeBatch> decode_batch_;  // generate_batch's cache and step graph, kept across calls
   std::unique_ptr<Executor> exec_, vision_exec_;
   Precision text_prec_ = Precision::kBF16, vision_prec_ = Precision::kBF16;
   std::vector<int32_t> stop_ids_;

@@ -59,6 +59,26 @@ __device__ inline void load_tile_bf16(const float* __restrict__ src, int64_t r0,
   }
 }
 
+// S_w = Q_w K^T for warp w's 16 query rows against the 64 keys of the tile (WMMA, bf16 in, f32 out to Ss).
+template <int D>
+__device__ inline void qk_tile_wmma(const __nv_bfloat16* Qs, const __nv_bfloat16* Ks, float* Ss, int warp) {
+  using L = FlashLayout<D>;
+#pragma unroll
+  for (int c = 0; c < kBK / 16; ++c) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+    for (int d = 0; d < D / 16; ++d) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+      wmma::load_matrix_sync(fa, Qs + 16 * warp * L::LDQ + d * 16, L::LDQ);
+      wmma::load_matrix_sync(fb, Ks + 16 * c * L::LDQ + d * 16, L::LDQ);
+      wmma::mma_sync(acc, fa, fb, acc);
+    }
+    wmma::store_matrix_sync(Ss + 16 * warp * L::LDS + 16 * c, acc, L::LDS, wmma::mem_row_major);
+  }
+}
+
 template <int D>
 __global__ void __launch_bounds__(128) flash_kernel(const float* __restrict__ q, const float* __restrict__ k,
                                                     const float* __restrict__ v, int64_t T, int64_t S, int Hq,
@@ -106,20 +126,7 @@ __global__ void __launch_bounds__(128) flash_kernel(const float* __restrict__ q,
     load_tile_bf16<D>(vb, j0, S, kld, Vs);
     __syncthreads();
     // S_w = Q_w K^T for this warp's 16 rows.
-#pragma unroll
-    for (int c = 0; c < kBK / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-      for (int d = 0; d < D / 16; ++d) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-        wmma::load_matrix_sync(fa, Qs + 16 * warp * L::LDQ + d * 16, L::LDQ);
-        wmma::load_matrix_sync(fb, Ks + 16 * c * L::LDQ + d * 16, L::LDQ);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-      wmma::store_matrix_sync(Ss + 16 * warp * L::LDS + 16 * c, acc, L::LDS, wmma::mem_row_major);
-    }
+    qk_tile_wmma<D>(Qs, Ks, Ss, warp);
     __syncwarp();
     // Online softmax of row r, columns half*32 .. half*32+31.
     float vals[32];
@@ -203,20 +210,7 @@ __global__ void __launch_bounds__(128) score_kernel(const float* __restrict__ q,
   for (int64_t j0 = 0; j0 < S; j0 += kBK) {
     load_tile_bf16<D>(k + b * S * kld + static_cast<int64_t>(hk) * D, j0, S, kld, Ks);
     __syncthreads();
-#pragma unroll
-    for (int c = 0; c < kBK / 16; ++c) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-      for (int d = 0; d < D / 16; ++d) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-        wmma::load_matrix_sync(fa, Qs + 16 * warp * L::LDQ + d * 16, L::LDQ);
-        wmma::load_matrix_sync(fb, Ks + 16 * c * L::LDQ + d * 16, L::LDQ);
-        wmma::mma_sync(acc, fa, fb, acc);
-      }
-      wmma::store_matrix_sync(Ss + 16 * warp * L::LDS + 16 * c, acc, L::LDS, wmma::mem_row_major);
-    }
+    qk_tile_wmma<D>(Qs, Ks, Ss, warp);
     __syncthreads();
     // 128 threads: column tid % 64, rows (tid / 64) * 32 .. +32.
     const int col = tid & 63, rh = tid >> 6;
@@ -257,7 +251,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attn_kernel(const float
                                                           const float* __restrict__ v, int64_t T, int64_t S, int Hq,
                                                           int Hkv, int D, float scale_log2, int causal,
                                                           int64_t q_offset, float* __restrict__ out,
-                                                          float* __restrict__ lse, const int32_t* __restrict__ positions) {
+                                                          float* __restrict__ lse, const int32_t* __restrict__ positions,
+                                                          int per_batch) {
   pdl_wait();
   pdl_launch_dependents();
   extern __shared__ float dsm[];
@@ -272,7 +267,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attn_kernel(const float
   const int64_t qld = static_cast<int64_t>(Hq) * D, kld = static_cast<int64_t>(Hkv) * D;
   const float* qr = q + (b * T + i) * qld + static_cast<int64_t>(h) * D;
   for (int d = threadIdx.x; d < D; d += kDecodeThreads) qs[d] = qr[d];
-  const int64_t qpos = positions ? static_cast<int64_t>(positions[i]) : q_offset + i;
+  const int64_t qpos = positions ? static_cast<int64_t>(positions[per_batch ? b * T + i : i]) : q_offset + i;
   int64_t n_keys = S;
   if (causal && qpos + 1 < S) n_keys = qpos + 1 < 0 ? 0 : qpos + 1;
   __syncthreads();
@@ -342,7 +337,7 @@ __global__ void __launch_bounds__(128) rows_kernel(const float* __restrict__ q, 
                                                    const float* __restrict__ v, int64_t T, int64_t S, int Hq, int Hkv,
                                                    int D, float scale_log2, int causal, int64_t q_offset,
                                                    float* __restrict__ out, float* __restrict__ lse,
-                                                   const int32_t* __restrict__ positions) {
+                                                   const int32_t* __restrict__ positions, int per_batch) {
   __shared__ float sm_m[4], sm_l[4];
   __shared__ float sm_acc[4][U * 32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -359,7 +354,7 @@ __global__ void __launch_bounds__(128) rows_kernel(const float* __restrict__ q, 
     qv[u] = d < D ? qr[d] : 0.f;
     acc[u] = 0.f;
   }
-  const int64_t qpos = positions ? static_cast<int64_t>(positions[i]) : q_offset + i;
+  const int64_t qpos = positions ? static_cast<int64_t>(positions[per_batch ? b * T + i : i]) : q_offset + i;
   int64_t n_keys = S;
   if (causal && qpos + 1 < S) n_keys = qpos + 1 < 0 ? 0 : qpos + 1;
   float m = -INFINITY, l = 0.f;
@@ -692,10 +687,10 @@ void launch_score(const float* q, const float* k, const float* lse, int64_t B, i
 template <int U>
 void launch_rows(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t S, int Hq, int Hkv,
                  int D, float scale_log2, bool causal, int64_t q_offset, float* out, float* lse, cudaStream_t s,
-                 const int32_t* positions) {
+                 const int32_t* positions, bool per_batch) {
   const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
   rows_kernel<U><<<grid, 128, 0, s>>>(q, k, v, T, S, Hq, Hkv, D, scale_log2, causal ? 1 : 0, q_offset, out, lse,
-                                      positions);
+                                      positions, per_batch ? 1 : 0);
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -739,7 +734,7 @@ size_t attention_scratch_bytes(int64_t B, int64_t T, int64_t S, int Hq, int Hkv,
 
 int attention(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t S, int Hq, int Hkv,
               int D, float scale, bool causal, int64_t q_offset, float* out, float* lse, bool exact, void* scratch,
-              cudaStream_t s, const int32_t* positions) {
+              cudaStream_t s, const int32_t* positions, bool per_batch) {
   if (B * T * Hq == 0) return 0;
   const float sl2 = scale * kLog2e;
   if (positions != nullptr) exact = true;  // positions from a tensor: the split-key kernel (decode)
@@ -769,16 +764,16 @@ int attention(const float* q, const float* k, const float* v, int64_t B, int64_t
     const dim3 grid(static_cast<unsigned>(T), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
     const size_t smem = (256 + static_cast<size_t>(S)) * sizeof(float);
     launch_pdl(decode_attn_kernel, grid, dim3(kDecodeThreads), smem, s, q, k, v, T, S, Hq, Hkv, D, sl2,
-               causal ? 1 : 0, q_offset, out, lse, positions);
+               causal ? 1 : 0, q_offset, out, lse, positions, per_batch ? 1 : 0);
     return 1;
   }
   const int U = (D + 31) / 32;
   switch (U) {
-    case 1: launch_rows<1>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions); break;
-    case 2: launch_rows<2>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions); break;
-    case 3: launch_rows<3>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions); break;
-    case 4: launch_rows<4>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions); break;
-    default: launch_rows<8>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions); break;
+    case 1: launch_rows<1>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions, per_batch); break;
+    case 2: launch_rows<2>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions, per_batch); break;
+    case 3: launch_rows<3>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions, per_batch); break;
+    case 4: launch_rows<4>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions, per_batch); break;
+    default: launch_rows<8>(q, k, v, B, T, S, Hq, Hkv, D, sl2, causal, q_offset, out, lse, s, positions, per_batch); break;
   }
   return 1;
 }

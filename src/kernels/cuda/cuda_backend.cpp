@@ -1549,7 +1549,8 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
       kl += cuda::attention(in(0), in(1), in(2), qs[0], qs[1], ks[1], nd.p.n_heads, nd.p.n_kv_heads, nd.p.head_dim,
                             nd.p.scale, nd.p.causal, nd.p.q_offset, y, lse,
                             be_->options().precision == Precision::kF32, scratch_.p, s,
-                            nd.inputs.size() == 4 ? ipos(3) : nullptr);
+                            nd.inputs.size() == 4 ? ipos(3) : nullptr,
+                            nd.inputs.size() == 4 && qs[0] > 1 && shape(3).numel() == qs[0] * qs[1]);
       break;
     }
     case OpKind::kAttnScore: {
@@ -1572,7 +1573,8 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
     case OpKind::kRope: {
       const Shape& xs = shape(0);
       kl += cuda::rope(in(0), xs[0], xs[1], nd.p.n_heads, nd.p.head_dim, nd.p.rope_theta, nd.p.q_offset, y, s,
-                       nd.inputs.size() == 2 ? ipos(1) : nullptr);
+                       nd.inputs.size() == 2 ? ipos(1) : nullptr,
+                       nd.inputs.size() == 2 && xs[0] > 1 && shape(1).numel() == xs[0] * xs[1]);
       break;
     }
     case OpKind::kPatchify: {

@@ -29,9 +29,10 @@ int swiglu(const float* gate, const float* up, int64_t R, int64_t C, float* y, c
 // b == nullptr: RMSNorm (w only); else LayerNorm. y16: write bf16 there instead of f32 to y (a GEMM's input).
 int norm(const float* x, int64_t rows, int64_t C, const float* w, const float* b, float eps, bool rms, float* y,
          cudaStream_t s, uint16_t* y16 = nullptr);
-// positions (device, [T], or nullptr): the position of token t is positions[t] instead of pos0 + t.
+// positions (device, [T], or nullptr): the position of token t is positions[t] instead of pos0 + t;
+// per_batch: positions is [B*T], token t of batch element b at positions[b*T + t].
 int rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_t pos0, float* y, cudaStream_t s,
-         const int32_t* positions = nullptr);
+         const int32_t* positions = nullptr, bool per_batch = false);
 // The static decode step's prologue in one kernel, one token: q_out = rope(xq) [Hq*D]; k_cache[pos] = rope(xk),
 // v_cache[pos] = xv (rows of kvd) with pos = positions[0] (an index outside the cache's cap rows is reported).
 int rope_store_kv(const float* xq, const float* xk, const float* xv, int Hq, int Hkv, int D, float theta,
@@ -79,7 +80,7 @@ int bias_residual(float* y, int64_t M, int64_t N, const float* bias, const float
 // shared-memory WMMA kernel, which reads f32 directly.
 int attention(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t S, int Hq, int Hkv,
               int D, float scale, bool causal, int64_t q_offset, float* out, float* lse, bool exact, void* scratch,
-              cudaStream_t s, const int32_t* positions = nullptr);
+              cudaStream_t s, const int32_t* positions = nullptr, bool per_batch = false);
 // The tensor-core kernel on inputs some of which are already bf16 (the *16 flags; such a pointer is a bf16 array
 // of the same layout); the f32 ones are converted into scratch. Needs attention_uses_flash(T, D).
 int attention_mixed(const void* q, bool q16, const void* k, bool k16, const void* v, bool v16, int64_t B, int64_t T,

@@ -39,6 +39,20 @@ __device__ inline float warp_max(float v) {
   return v;
 }
 
+// The sum of t over the block (every thread gets it); red: 32 floats of shared memory.
+__device__ inline float block_reduce_sum(float t, float* red) {
+  t = warp_sum(t);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = t;
+  __syncthreads();
+  float r = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+  if (threadIdx.x < 32) r = warp_sum(r);
+  if (threadIdx.x == 0) red[0] = r;
+  __syncthreads();
+  r = red[0];
+  __syncthreads();
+  return r;
+}
+
 __device__ inline float bf16_bits_to_f32(uint16_t b) { return __uint_as_float(static_cast<uint32_t>(b) << 16); }
 __device__ inline uint16_t f32_to_bf16_bits(float f) {  // round to nearest even, NaN kept quiet
   const uint32_t u = __float_as_uint(f);
@@ -116,18 +130,7 @@ __global__ void norm_kernel(const float* __restrict__ x, int64_t C, const float*
     v[p] = c < C ? xr[c] : 0.f;
     s += rms ? v[p] * v[p] : v[p];
   }
-  auto block_sum = [&](float t) {
-    t = warp_sum(t);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = t;
-    __syncthreads();
-    float r = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-    if (threadIdx.x < 32) r = warp_sum(r);
-    if (threadIdx.x == 0) red[0] = r;
-    __syncthreads();
-    r = red[0];
-    __syncthreads();
-    return r;
-  };
+  auto block_sum = [&](float t) { return block_reduce_sum(t, red); };
   const float tot = block_sum(s);
   if (rms) {
     const float inv = rsqrtf(tot / static_cast<float>(C) + eps);
@@ -161,18 +164,7 @@ __global__ void norm_kernel_any(const float* __restrict__ x, int64_t C, const fl
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * C;
   float* yr = y + blockIdx.x * C;
-  auto block_sum = [&](float t) {
-    t = warp_sum(t);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = t;
-    __syncthreads();
-    float r = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
-    if (threadIdx.x < 32) r = warp_sum(r);
-    if (threadIdx.x == 0) red[0] = r;
-    __syncthreads();
-    r = red[0];
-    __syncthreads();
-    return r;
-  };
+  auto block_sum = [&](float t) { return block_reduce_sum(t, red); };
   float s = 0.f;
   for (int64_t c = threadIdx.x; c < C; c += blockDim.x) s += rms ? xr[c] * xr[c] : xr[c];
   const float tot = block_sum(s);
@@ -190,7 +182,7 @@ __global__ void norm_kernel_any(const float* __restrict__ x, int64_t C, const fl
 
 // Rotate-half RoPE, the reference's inverse frequencies and angles (f32 products, cos/sin in double).
 __global__ void rope_kernel(const float* __restrict__ x, int64_t B, int64_t T, int H, int D, float theta,
-                            int64_t pos0, float* __restrict__ y, const int32_t* __restrict__ positions) {
+                            int64_t pos0, float* __restrict__ y, const int32_t* __restrict__ positions, int per_batch) {
   const int half = D / 2;
   const int64_t n = B * T * H * half;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < n;
@@ -201,7 +193,8 @@ __global__ void rope_kernel(const float* __restrict__ x, int64_t B, int64_t T, i
     const float e = static_cast<float>(2 * i) / static_cast<float>(D);
     const float p = static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(e)));
     const float inv = 1.0f / p;
-    const float ang = static_cast<float>(positions ? static_cast<int64_t>(positions[t]) : pos0 + t) * inv;
+    const int64_t pidx = per_batch ? (row / H) : t;  // (b*T + t) or t
+    const float ang = static_cast<float>(positions ? static_cast<int64_t>(positions[pidx]) : pos0 + t) * inv;
     double sd, cd;
     sincos(static_cast<double>(ang), &sd, &cd);
     const float c = static_cast<float>(cd), s = static_cast<float>(sd);
@@ -727,10 +720,10 @@ int norm(const float* x, int64_t rows, int64_t C, const float* w, const float* b
 }
 
 int rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_t pos0, float* y, cudaStream_t s,
-         const int32_t* positions) {
+         const int32_t* positions, bool per_batch) {
   const int64_t n = B * T * H * (D / 2);
   if (n == 0) return 0;
-  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, B, T, H, D, theta, pos0, y, positions);
+  rope_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, B, T, H, D, theta, pos0, y, positions, per_batch ? 1 : 0);
   return 1;
 }
 

@@ -122,7 +122,10 @@ class RefBackend final : public Backend {
         return Status::Ok();
       case OpKind::kAttention: {
         ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
-        if (in.size() == 4) a.positions = in[3]->data_as<const int32_t>();
+        if (in.size() == 4) {
+          a.positions = in[3]->data_as<const int32_t>();
+          a.per_batch = in[3]->numel() == a.B * a.T && a.B > 1;
+        }
         ref::attention(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(),
                        in[2]->data_as<const float>(), y);
         return Status::Ok();
@@ -130,7 +133,8 @@ class RefBackend final : public Backend {
       case OpKind::kRope: {
         const Tensor& x = *in[0];
         ref::rope(x.data_as<const float>(), x.dim(0), x.dim(1), n.p.n_heads, n.p.head_dim, n.p.rope_theta,
-                  n.p.q_offset, y, in.size() == 2 ? in[1]->data_as<const int32_t>() : nullptr);
+                  n.p.q_offset, y, in.size() == 2 ? in[1]->data_as<const int32_t>() : nullptr,
+                  in.size() == 2 && x.dim(0) > 1 && in[1]->numel() == x.dim(0) * x.dim(1));
         return Status::Ok();
       }
       case OpKind::kPatchify: {

@@ -157,7 +157,8 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
     }
     case OpKind::kAttention: {
       EV_RETURN_IF_ERROR(need_inputs(n, in, 3, 4));
-      if (in.size() == 4 && (in[3]->dtype() != DType::kI32 || in[3]->numel() != (in[0]->ndim() == 3 ? in[0]->dim(1) : -1)))
+      if (in.size() == 4 && (in[3]->dtype() != DType::kI32 || in[0]->ndim() != 3 ||
+                             (in[3]->numel() != in[0]->dim(1) && in[3]->numel() != in[0]->dim(0) * in[0]->dim(1))))
         return mismatch(n, "positions " + shp(*in[3]) + " (i32, one per query) for q" + shp(*in[0]));
       for (size_t i = 0; i < 3; ++i) EV_RETURN_IF_ERROR(need_dtype(n, *in[i], i == 0 ? "q" : i == 1 ? "k" : "v", false));
       const Tensor &q = *in[0], &k = *in[1], &v = *in[2];
@@ -174,7 +175,8 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
     }
     case OpKind::kRope: {
       EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 2));
-      if (in.size() == 2 && (in[1]->dtype() != DType::kI32 || in[1]->numel() != (in[0]->ndim() == 3 ? in[0]->dim(1) : -1)))
+      if (in.size() == 2 && (in[1]->dtype() != DType::kI32 || in[0]->ndim() != 3 ||
+                             (in[1]->numel() != in[0]->dim(1) && in[1]->numel() != in[0]->dim(0) * in[0]->dim(1))))
         return mismatch(n, "positions " + shp(*in[1]) + " (i32, one per token) for x" + shp(*in[0]));
       EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "x", false));
       const Tensor& x = *in[0];
@@ -391,7 +393,7 @@ void attention(const AttentionDims& a, const float* q, const float* k, const flo
       const int64_t hk = h / G;  // repeat_kv: query head h shares kv head h / (Hq / Hkv)
       for (int64_t i = 0; i < a.T; ++i) {
         const float* qr = q + (b * a.T + i) * q_stride + h * D;
-        const int64_t qpos = a.positions ? static_cast<int64_t>(a.positions[i]) : a.q_offset + i;
+        const int64_t qpos = a.positions ? static_cast<int64_t>(a.positions[a.per_batch ? b * a.T + i : i]) : a.q_offset + i;
         const int64_t n_keys = a.causal ? std::max<int64_t>(0, std::min(a.S, qpos + 1)) : a.S;
         double mx = -std::numeric_limits<double>::infinity();
         for (int64_t j = 0; j < n_keys; ++j) {
@@ -497,13 +499,14 @@ void rope_cos_sin(const float* inv_freq, int D, int64_t pos, float* cos_out, flo
 }
 
 void rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_t pos0, float* y,
-          const int32_t* positions) {
+          const int32_t* positions, bool per_batch) {
   const int half = D / 2;
   std::vector<float> inv(static_cast<size_t>(half)), c(static_cast<size_t>(half)), s(static_cast<size_t>(half));
   rope_inv_freq(D, theta, inv.data());
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
-      rope_cos_sin(inv.data(), D, positions ? static_cast<int64_t>(positions[t]) : pos0 + t, c.data(), s.data());
+      rope_cos_sin(inv.data(), D, positions ? static_cast<int64_t>(positions[per_batch ? b * T + t : t]) : pos0 + t,
+                   c.data(), s.data());
       for (int h = 0; h < H; ++h) {
         const int64_t off = ((b * T + t) * H + h) * D;
         for (int i = 0; i < half; ++i) {

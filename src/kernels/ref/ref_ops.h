@@ -73,6 +73,7 @@ struct AttentionDims {
   bool causal = false;
   int64_t q_offset = 0;  // query i sits at key position q_offset + i
   const int32_t* positions = nullptr;  // [T] or nullptr: query i sits at key position positions[i] instead
+  bool per_batch = false;              // positions is [B*T]: query i of batch element b at positions[b*T + i]
 };
 Status check_attention_dims(const AttentionDims& a);
 // The dims of a kAttention or kAttnScore node with inputs q [B, T, Hq*D] and k [B, S, Hkv*D].
@@ -102,7 +103,7 @@ void rope_cos_sin(const float* inv_freq, int D, int64_t pos, float* cos_out, flo
 // x, y: [B, T, H*D].
 // positions (optional, [T]): the position of token t is positions[t] instead of pos0 + t.
 void rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_t pos0, float* y,
-          const int32_t* positions = nullptr);
+          const int32_t* positions = nullptr, bool per_batch = false);
 
 // Conv2d-weight order patch extraction: px [B, C, H, W] -> y [B, (H/P)*(W/P), C*P*P], patch index
 // py*(W/P) + px, element (c, r, col) at c*P*P + r*P + col.
