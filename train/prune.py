@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import roadvlm as rv  # noqa: E402
-from roadvlm import (DESCRIBE_PROMPT, FIELDS, HAZARDS, log, parse_description, prompt_prefix)  # noqa: E402
+from roadvlm import (DESCRIBE_PROMPT, FIELDS, log, parse_description, prompt_prefix)  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_SCHEDULE = "1:0.5,3:0.25"
@@ -523,14 +523,7 @@ def score_descriptions(texts, split, hz):
             field_ok[f] += got.get(f) == want.get(f)
         if len(samples) < 4:
             samples.append(dict(want=rec["description"], got=text.strip()))
-    truth = split.hazard_matrix()
-    fast = {}
-    for k, hname in enumerate(HAZARDS):
-        pred = hz[:, k] >= 0.5
-        tp = float((pred & (truth[:, k] > 0)).sum())
-        fp = float((pred & (truth[:, k] == 0)).sum())
-        fn = float((~pred & (truth[:, k] > 0)).sum())
-        fast[hname] = dict(recall=tp / max(tp + fn, 1), precision=tp / max(tp + fp, 1))
+    fast = rv.hazard_metrics(hz, split.hazard_matrix())
     per_field = {f: field_ok[f] / n for f in FIELDS}
     return dict(per_field=per_field, mean_field_accuracy=sum(per_field.values()) / len(FIELDS),
                 exact_match=exact / n, fast_head=fast, samples=samples)

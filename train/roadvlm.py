@@ -560,6 +560,21 @@ def greedy(model, pix_u8, prefix, eos, pad, max_new=64, prev_u8=None):
     return out, hz
 
 
+def hazard_metrics(hz, truth, positives=False):
+    """Fast-head recall and precision per hazard class at probability 0.5: hz [n, classes] predicted, truth the
+    split's hazard matrix (with positives=True also the number of positive frames per class)."""
+    fast = {}
+    for k, hname in enumerate(HAZARDS):
+        pred = hz[:, k] >= 0.5
+        tp = float((pred & (truth[:, k] > 0)).sum())
+        fp = float((pred & (truth[:, k] == 0)).sum())
+        fn = float((~pred & (truth[:, k] > 0)).sum())
+        fast[hname] = dict(recall=tp / max(tp + fn, 1), precision=tp / max(tp + fp, 1))
+        if positives:
+            fast[hname]["positives"] = int(truth[:, k].sum())
+    return fast
+
+
 def evaluate(name, model, data, split, seqs, hf, ids, batch=256, prev=None):
     model.eval()
     n = data.shape[0]
@@ -583,15 +598,7 @@ def evaluate(name, model, data, split, seqs, hf, ids, batch=256, prev=None):
             if len(samples) < 8:
                 samples.append(dict(want=rec["description"], got=text.strip()))
     hz = torch.cat(hz_all).numpy()
-    truth = split.hazard_matrix()
-    fast = {}
-    for k, hname in enumerate(HAZARDS):
-        pred = hz[:, k] >= 0.5
-        tp = float((pred & (truth[:, k] > 0)).sum())
-        fp = float((pred & (truth[:, k] == 0)).sum())
-        fn = float((~pred & (truth[:, k] > 0)).sum())
-        fast[hname] = dict(recall=tp / max(tp + fn, 1), precision=tp / max(tp + fp, 1),
-                           positives=int(truth[:, k].sum()))
+    fast = hazard_metrics(hz, split.hazard_matrix(), positives=True)
     per_field = {f: field_ok[f] / n for f in FIELDS}
     res = dict(frames=n, per_field=per_field, mean_field_accuracy=sum(per_field.values()) / len(FIELDS),
                exact_match=exact / n, fast_head=fast, samples=samples)

@@ -33,6 +33,16 @@ struct LinearPlan {
   std::map<std::string, Precision> precision;
   std::map<std::string, std::shared_ptr<const std::vector<float>>> smooth;
   bool empty() const { return precision.empty(); }
+  // The precision the plan gives weight `name`, or `otherwise` when it names none.
+  Precision precision_of(const std::string& name, Precision otherwise) const {
+    auto it = precision.find(name);
+    return it == precision.end() ? otherwise : it->second;
+  }
+  // Its SmoothQuant factors, or nullptr.
+  const std::vector<float>* smooth_of(const std::string& name) const {
+    auto it = smooth.find(name);
+    return it == smooth.end() ? nullptr : it->second.get();
+  }
 };
 
 class Backend {

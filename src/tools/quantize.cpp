@@ -150,9 +150,7 @@ Status write_quantized_model(const std::string& model_dir, const TensorStore& st
     Tensor w = std::move(t).value();
     auto q = int8_as.find(name);
     if (q != int8_as.end()) {
-      const std::vector<float>* sm = nullptr;
-      auto s = plan.smooth.find(name);
-      if (s != plan.smooth.end() && s->second) sm = s->second.get();
+      const std::vector<float>* sm = plan.smooth_of(name);
       EV_ASSIGN_OR_RETURN(Tensor qw, quantize_weight_int8(w, sm));
       const std::string& wn = q->second;
       const std::string base = wn.substr(0, wn.size() - std::string(".weight").size());

@@ -257,10 +257,8 @@ class CpuBackend final : public Backend {
     }
     const std::vector<float>* smooth = nullptr;
     if (plan && w.dtype() != DType::kI8) {
-      auto it = plan->precision.find(w.name());
-      if (it != plan->precision.end()) prec = it->second;
-      auto sm = plan->smooth.find(w.name());
-      if (sm != plan->smooth.end()) smooth = sm->second.get();
+      prec = plan->precision_of(w.name(), prec);
+      smooth = plan->smooth_of(w.name());
     }
     if (prec != Precision::kInt8 || w.dtype() == DType::kI8) return pack_linear(w, b, prec);
     EV_ASSIGN_OR_RETURN(Tensor q, quantize_weight_int8(w, smooth));

@@ -253,8 +253,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_attn_kernel(const float
                                                           int64_t q_offset, float* __restrict__ out,
                                                           float* __restrict__ lse, const int32_t* __restrict__ positions,
                                                           int per_batch) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_enter();
   extern __shared__ float dsm[];
   float* qs = dsm;                 // [D]
   float* sc = dsm + 256;           // [n_keys]
@@ -648,25 +647,9 @@ void launch_flash2(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bf
                                                                   causal ? 1 : 0, q_offset, out, lse);
 }
 
-__global__ void to_bf16_kernel(const float* __restrict__ x, int64_t n, __nv_bfloat16* __restrict__ y) {
-  const int64_t n4 = n / 4;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n4;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float4 f = reinterpret_cast<const float4*>(x)[i];
-    __nv_bfloat162* d = reinterpret_cast<__nv_bfloat162*>(y + 4 * i);
-    d[0] = __floats2bfloat162_rn(f.x, f.y);
-    d[1] = __floats2bfloat162_rn(f.z, f.w);
-  }
-  for (int64_t i = n4 * 4 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16_rn(x[i]);
-}
-
+// bf16 copies for the tensor-core kernels: the one conversion kernel of the backend (ops.cu).
 void to_bf16(const float* x, int64_t n, __nv_bfloat16* y, cudaStream_t s) {
-  int64_t blocks = (n / 4 + 255) / 256;
-  if (blocks < 1) blocks = 1;
-  if (blocks > 4096) blocks = 4096;
-  to_bf16_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(x, n, y);
+  f32_to_bf16(x, n, reinterpret_cast<uint16_t*>(y), s);
 }
 
 template <int D>

@@ -226,13 +226,6 @@ class CudaBackendImpl final : public Backend {
     return r.first->second.w;
   }
 
-  size_t weight_bytes() const {
-    std::lock_guard<std::mutex> lk(mu_);
-    size_t b = 0;
-    for (const auto& kv : cache_)
-      for (const DevAlloc& a : kv.second.allocs) b += a.bytes;
-    return b;
-  }
 
  private:
   struct Entry {
@@ -243,9 +236,7 @@ class CudaBackendImpl final : public Backend {
   };
 
   bool planned_int8(const Tensor& w) const {
-    if (!plan_) return false;
-    auto it = plan_->precision.find(w.name());
-    return it != plan_->precision.end() && it->second == Precision::kInt8;
+    return plan_ && plan_->precision_of(w.name(), Precision::kF32) == Precision::kInt8;
   }
 
   static Status put(Entry* e, const void* src, size_t bytes, const std::string& what, const void** dst) {
@@ -263,10 +254,7 @@ class CudaBackendImpl final : public Backend {
     if (use == Use::kLinear && (t.dtype() == DType::kI8 || planned_int8(t))) {
       Tensor q = t;
       if (t.dtype() != DType::kI8) {
-        const std::vector<float>* smooth = nullptr;
-        auto it = plan_->smooth.find(t.name());
-        if (it != plan_->smooth.end() && it->second) smooth = it->second.get();
-        EV_ASSIGN_OR_RETURN(q, quantize_weight_int8(t, smooth));
+        EV_ASSIGN_OR_RETURN(q, quantize_weight_int8(t, plan_->smooth_of(t.name())));
       } else {
         EV_RETURN_IF_ERROR(check_int8_weight(t).with_context(nm));
       }
@@ -525,13 +513,11 @@ class CudaExecutorImpl final : public Executor {
     char* dev = nullptr;    // device pointer (f32 / i32 / weights' own types)
     DType dtype = DType::kF32;
     int block = -1;         // pool block owned by this node (released after the last use)
-    bool host_only = false;  // a host leaf consumed only by CPU nodes
   };
   struct NodePlan {
     bool gpu = true;
     bool skip = false;          // a Linear computed by the Add that follows it
     int fused_linear = -1;      // Add: the Linear it computes, with its other input as the residual
-    int residual = -1;          // Add: the residual's node
     int residual_slot = -1;     // Add: which of its inputs the residual is (it may be a weight, e.g. positions)
     bool need_lse = false;      // attention: write the log-sum-exp rows
     int lse_of = -1;            // attn_score: the attention whose LSE it reuses
@@ -623,15 +609,23 @@ class CudaExecutorImpl final : public Executor {
   void restage(const Graph& g);
   uint64_t signature(const Graph& g) const;
   void fuse_bf16(const Graph& g);
+  // Node `n`'s inputs are read at node `at` too (by the node that computes n in a fused kernel): their buffers
+  // live until then.
+  void read_inputs_at(const Node& n, int64_t at) {
+    for (TensorId in : n.inputs) {
+      int64_t& lu = last_use_[static_cast<size_t>(root_[static_cast<size_t>(in)])];
+      lu = std::max(lu, at);
+    }
+  }
   void fuse_gemv_inputs(const Graph& g);
   void fuse_decode_prologue(const Graph& g);
   bool bf16_gemm(const Graph& g, size_t i) const;
-  Status enqueue(const Graph& g, const ExecOptions& opt, ExecResult* res, std::vector<float>* node_ms);
+  Status enqueue(const Graph& g, const ExecOptions& opt, std::vector<float>* node_ms);
   Status exec_node(const Graph& g, size_t i);
   // y: f32, or bf16 with out16; gelu: the GELU epilogue. The input may be bf16 (its Loc says).
   Status exec_linear(const Graph& g, size_t i, const Node& lin, const float* residual, void* y, bool out16 = false,
                      bool gelu = false);
-  Status exec_cpu(const Graph& g, size_t i, ExecResult* res);
+  Status exec_cpu(const Graph& g, size_t i);
   Result<Tensor> download(const Graph& g, TensorId id);
   const float* fptr(TensorId id) const { return reinterpret_cast<const float*>(loc_[static_cast<size_t>(id)].dev); }
 
@@ -657,7 +651,7 @@ class CudaExecutorImpl final : public Executor {
   std::vector<int64_t> last_use_;
   std::vector<uint8_t> keep_, view_;
   std::vector<int> consumers_;
-  int64_t stage_in_bytes_ = 0, stage_total_ = 0;
+  int64_t stage_total_ = 0;
   size_t scratch_need_ = 0;
   bool any_cpu_ = false;
   int64_t bf16_src_ = -1;  // the node whose bf16 copy the scratch holds (q, k, v Linears share one conversion)
@@ -702,8 +696,8 @@ Result<ExecResult> CudaExecutorImpl::run(const Graph& g, const ExecOptions& opt)
     EV_RETURN_IF_ERROR(plan_run(g, opt));
     t1 = now_ns();
     capture_failed_ = false;
-    Status est = enqueue(g, opt, &res, opt.time_nodes ? &node_ms : nullptr);
-    if (!est.ok() && capture_failed_) est = enqueue(g, opt, &res, opt.time_nodes ? &node_ms : nullptr);  // directly
+    Status est = enqueue(g, opt, opt.time_nodes ? &node_ms : nullptr);
+    if (!est.ok() && capture_failed_) est = enqueue(g, opt, opt.time_nodes ? &node_ms : nullptr);  // directly
     EV_RETURN_IF_ERROR(est);
     if (stats_.graph_replayed) {
       last_sig_ = sig;
@@ -795,10 +789,7 @@ void CudaExecutorImpl::fuse_gemv_inputs(const Graph& g) {
     lp.pre_node = static_cast<int>(x);
     xp.skip = true;
     ++stats_.fused_nodes;
-    for (TensorId in : xn.inputs) {  // read where the Linear runs
-      int64_t& lu = last_use_[static_cast<size_t>(root_[static_cast<size_t>(in)])];
-      lu = std::max(lu, runs_at[i]);
-    }
+    read_inputs_at(xn, runs_at[i]);  // read where the Linear runs
   }
 }
 
@@ -844,10 +835,8 @@ void CudaExecutorImpl::fuse_decode_prologue(const Graph& g) {
     vp.prologue_ks = sk;
     for (TensorId d : {rq, rk, sk}) plan_[static_cast<size_t>(d)].deferred = true;
     stats_.fused_nodes += 3;
-    for (TensorId in : {rqn.inputs[0], rkn.inputs[0]}) {  // read where the V scatter runs
-      int64_t& lu = last_use_[static_cast<size_t>(root_[static_cast<size_t>(in)])];
-      lu = std::max(lu, static_cast<int64_t>(sv));
-    }
+    read_inputs_at(rqn, sv);  // read where the V scatter runs
+    read_inputs_at(rkn, sv);
   }
 }
 
@@ -987,14 +976,9 @@ Status CudaExecutorImpl::plan_run(const Graph& g, const ExecOptions& opt) {
         if (g.shape(other).numel() != ln.out_shape.numel() || (!weight && on.out_dtype != DType::kF32)) continue;
         plan_[static_cast<size_t>(li)].skip = true;
         plan_[j].fused_linear = li;
-        plan_[j].residual = other;
         plan_[j].residual_slot = 1 - s;
         ++stats_.fused_nodes;
-        // The Linear's inputs are read when the Add runs.
-        for (TensorId in : ln.inputs) {
-          int64_t& lu = last_use_[static_cast<size_t>(root_[static_cast<size_t>(in)])];
-          if (lu == static_cast<int64_t>(li)) lu = static_cast<int64_t>(j);
-        }
+        read_inputs_at(ln, static_cast<int64_t>(j));  // the Linear's inputs are read when the Add runs
         break;
       }
     }
@@ -1016,24 +1000,26 @@ Status CudaExecutorImpl::plan_run(const Graph& g, const ExecOptions& opt) {
     fuse_gemv_inputs(g);
     fuse_decode_prologue(g);
     // A Linear computed by the node that fused it (GELU epilogue) is read there: its inputs live until then.
-    for (size_t j = 0; j < n; ++j) {
-      if (!plan_[j].gelu) continue;
-      const TensorId li = plan_[j].fused_linear;
-      for (TensorId in : g.node(li).inputs) {
-        int64_t& lu = last_use_[static_cast<size_t>(root_[static_cast<size_t>(in)])];
-        if (lu == static_cast<int64_t>(li)) lu = static_cast<int64_t>(j);
-      }
-    }
+    for (size_t j = 0; j < n; ++j)
+      if (plan_[j].gelu) read_inputs_at(g.node(plan_[j].fused_linear), static_cast<int64_t>(j));
   }
   // Resident buffers (uploads happen here, outside any capture).
-  std::map<const void*, std::pair<const char*, const char*>> written;  // owners written through bound outputs
+  // Owners written through bound outputs, with the host range the graph touches of each (its leaves of the same
+  // memory included): each gets one mirror covering that range.
+  struct Written {
+    std::shared_ptr<void> owner;
+    const char* p0 = nullptr;
+    const char* p1 = nullptr;
+  };
+  std::map<const void*, Written> written;
   for (size_t i = 0; i < n; ++i) {
     const Node& nd = g.nodes[i];
     if (nd.op == OpKind::kInput || view_[i] || !nd.bound.data() || !nd.bound.owner()) continue;
     const char* p0 = static_cast<const char*>(nd.bound.data());
-    auto& r = written[nd.bound.owner().get()];
-    r.first = r.first ? std::min(r.first, p0) : p0;
-    r.second = std::max(r.second, p0 + nd.bound.nbytes());
+    Written& w = written[nd.bound.owner().get()];
+    w.owner = nd.bound.owner();
+    w.p0 = w.p0 ? std::min(w.p0, p0) : p0;
+    w.p1 = std::max(w.p1, p0 + nd.bound.nbytes());
   }
   for (size_t i = 0; i < n; ++i) {
     const Node& nd = g.nodes[i];
@@ -1041,16 +1027,10 @@ Status CudaExecutorImpl::plan_run(const Graph& g, const ExecOptions& opt) {
     auto it = written.find(nd.bound.owner().get());
     if (it == written.end()) continue;
     const char* p0 = static_cast<const char*>(nd.bound.data());
-    it->second.first = std::min(it->second.first, p0);
-    it->second.second = std::max(it->second.second, p0 + nd.bound.nbytes());
+    it->second.p0 = std::min(it->second.p0, p0);
+    it->second.p1 = std::max(it->second.p1, p0 + nd.bound.nbytes());
   }
-  for (size_t i = 0; i < n; ++i) {
-    const Node& nd = g.nodes[i];
-    const std::shared_ptr<void>& ow = nd.bound.owner();
-    if (!nd.bound.data() || !ow || nd.is_weight) continue;
-    auto it = written.find(ow.get());
-    if (it != written.end()) EV_RETURN_IF_ERROR(ensure_mirror(ow, it->second.first, it->second.second));
-  }
+  for (const auto& kv : written) EV_RETURN_IF_ERROR(ensure_mirror(kv.second.owner, kv.second.p0, kv.second.p1));
   // Device placement, with buffers released after their last use; staging offsets for host leaves and downloads.
   int64_t stage = 0;
   scratch_need_ = 0;
@@ -1162,7 +1142,6 @@ Status CudaExecutorImpl::plan_run(const Graph& g, const ExecOptions& opt) {
         blocks_[static_cast<size_t>(plan_[static_cast<size_t>(a)].lse_block)].busy = false;
     }
   }
-  stage_in_bytes_ = stage;
   for (size_t i = 0; i < n; ++i) {
     const Node& nd = g.nodes[i];
     if (nd.op == OpKind::kInput || view_[i] || !keep_[i]) continue;
@@ -1240,7 +1219,7 @@ uint64_t CudaExecutorImpl::signature(const Graph& g) const {
   return h;
 }
 
-Status CudaExecutorImpl::enqueue(const Graph& g, const ExecOptions& opt, ExecResult* res, std::vector<float>* node_ms) {
+Status CudaExecutorImpl::enqueue(const Graph& g, const ExecOptions& opt, std::vector<float>* node_ms) {
   const size_t n = g.nodes.size();
   const bool direct = any_cpu_ || opt.on_tensor || opt.on_inputs || opt.time_nodes || !graphs_;
   bool capturing = false;
@@ -1277,20 +1256,19 @@ Status CudaExecutorImpl::enqueue(const Graph& g, const ExecOptions& opt, ExecRes
       continue;
     }
     if (opt.on_inputs) {
-      std::vector<Tensor> hold;
+      std::vector<Tensor> hold(nd.inputs.size());  // sized first: ins points into it
       std::vector<const Tensor*> ins;
-      for (TensorId in : nd.inputs) {
+      for (size_t k = 0; k < nd.inputs.size(); ++k) {
+        const TensorId in = nd.inputs[k];
         if (g.node(in).op == OpKind::kInput) {
           ins.push_back(&g.node(in).bound);
           continue;
         }
         auto t = download(g, in);
         if (!t.ok()) return t.status();
-        hold.push_back(std::move(*t));
+        hold[k] = std::move(*t);
+        ins.push_back(&hold[k]);
       }
-      size_t h = 0;
-      ins.clear();
-      for (TensorId in : nd.inputs) ins.push_back(g.node(in).op == OpKind::kInput ? &g.node(in).bound : &hold[h++]);
       opt.on_inputs(nd, ins);
     }
     if (node_ms) {
@@ -1309,7 +1287,7 @@ Status CudaExecutorImpl::enqueue(const Graph& g, const ExecOptions& opt, ExecRes
       }
       ++stats_.gpu_nodes;
     } else {
-      st = exec_cpu(g, i, res);
+      st = exec_cpu(g, i);
       ++stats_.cpu_nodes;
     }
     if (!st.ok()) st = st.with_context("node '" + nd.name + "' (" + op_kind_name(nd.op) + ")");
@@ -1397,7 +1375,7 @@ Result<Tensor> CudaExecutorImpl::download(const Graph& g, TensorId id) {
   return t;
 }
 
-Status CudaExecutorImpl::exec_cpu(const Graph& g, size_t i, ExecResult* res) {
+Status CudaExecutorImpl::exec_cpu(const Graph& g, size_t i) {
   const Node& nd = g.nodes[i];
   EV_RETURN_IF_ERROR(fallback()->prepare_weights(g));
   std::vector<Tensor> hold(nd.inputs.size());
@@ -1418,7 +1396,6 @@ Status CudaExecutorImpl::exec_cpu(const Graph& g, size_t i, ExecResult* res) {
   EV_CU(cudaMemcpyAsync(L.dev, out.data(), out.nbytes(), cudaMemcpyHostToDevice, stream_), "uploading '" + nd.name + "'");
   EV_CU(cudaStreamSynchronize(stream_), "uploading '" + nd.name + "'");
   stats_.bytes_up += static_cast<int64_t>(out.nbytes());
-  (void)res;
   return Status::Ok();
 }
 
@@ -1504,7 +1481,7 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
     case OpKind::kMul: {
       if (p.fused_linear >= 0) {
         const DevWeight& rw = p.w[static_cast<size_t>(p.residual_slot)];
-        const float* r = rw.data ? static_cast<const float*>(rw.data) : fptr(p.residual);
+        const float* r = rw.data ? static_cast<const float*>(rw.data) : fptr(nd.inputs[static_cast<size_t>(p.residual_slot)]);
         return exec_linear(g, i, g.node(p.fused_linear), r, y);
       }
       kl += cuda::add_mul(in(0), shape(0).numel(), in(1), shape(1).numel(), nd.op == OpKind::kMul, y, s);

@@ -53,7 +53,6 @@ int top_k(const float* score, int64_t B, int64_t n, int64_t k, int32_t* idx, cud
 
 // Precision conversions and the INT8 Linear's pieces (kernels/ref/ref_quant.h rules).
 int f32_to_bf16(const float* x, int64_t n, uint16_t* y, cudaStream_t s);
-int f32_to_bf16_rows(const float* x, int64_t rows, int64_t C, int64_t ld, uint16_t* y, cudaStream_t s);
 // q [M, K] int8 and scale [M] of x [M, K] (optionally times inv_smooth [K], the f32 reciprocals of the factors).
 int quantize_rows_i8(const float* x, int64_t M, int64_t K, const float* inv_smooth, int8_t* q, float* scale,
                      cudaStream_t s);
@@ -70,8 +69,6 @@ bool gemv_fits(int64_t M, int64_t K);
 enum class GemvPre : int { kNone = 0, kRmsNorm = 1, kSwiGLU = 2 };
 int gemv_pre(GemvPre pre, const float* x, int64_t M, int64_t K, const float* norm_w, float eps, const void* w,
              bool w_bf16, int64_t N, const float* bias, const float* residual, float* y, cudaStream_t s);
-// Adds bias [N] (and residual [M, N]) to y [M, N] in place.
-int bias_residual(float* y, int64_t M, int64_t N, const float* bias, const float* residual, cudaStream_t s);
 
 // Attention (graph.h kAttention). q [B, T, Hq*D], k/v [B, S, Hkv*D], out like q. lse (nullable): [B, Hq, T]
 // log2-domain log-sum-exp of the scaled scores of each query row (what attn_score_from_lse needs).
@@ -111,6 +108,11 @@ __device__ inline void pdl_launch_dependents() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+// The first thing a PDL-launched kernel does: wait for its predecessor, then let its own successor launch.
+__device__ inline void pdl_enter() {
+  pdl_wait();
+  pdl_launch_dependents();
 }
 template <typename... KArgs, typename... Args>
 inline void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args... args) {

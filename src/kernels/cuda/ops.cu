@@ -209,8 +209,7 @@ __global__ void rope_store_kv_kernel(const float* __restrict__ xq, const float* 
                                      const float* __restrict__ xv, int Hq, int Hkv, int D, float theta,
                                      const int32_t* __restrict__ positions, float* __restrict__ q_out,
                                      float* __restrict__ kc, float* __restrict__ vc, int64_t cap, DevError* err) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_enter();
   const int64_t pos = positions[0];
   const int half = D / 2;
   const int64_t kvd = static_cast<int64_t>(Hkv) * D;
@@ -269,8 +268,7 @@ __global__ void pixel_shuffle_kernel(const float* __restrict__ x, int64_t B, int
 
 __global__ void get_rows_kernel(const void* __restrict__ table, int tt, int64_t V, int64_t C,
                                 const int32_t* __restrict__ ids, int64_t T, void* __restrict__ y, DevError* err) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_enter();
   const int64_t n = T * C;
   for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < n;
        o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -411,16 +409,6 @@ __global__ void f32_to_bf16_kernel(const float* __restrict__ x, int64_t n, uint1
     y[i] = f32_to_bf16_bits(x[i]);
 }
 
-__global__ void f32_to_bf16_rows_kernel(const float* __restrict__ x, int64_t rows, int64_t C, int64_t ld,
-                                        uint16_t* __restrict__ y) {
-  const int64_t n = rows * C;
-  for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < n;
-       o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t r = o / C, c = o - r * C;
-    y[o] = f32_to_bf16_bits(x[r * ld + c]);
-  }
-}
-
 // One block per row: the rules of ref_quant.h (t = x * inv_smooth; non-finite row -> NaN scale, zeros; amax/127;
 // scale < FLT_MIN -> zero row; q = clamp(rint(t * (1/scale)), -127, 127)).
 __global__ void quantize_rows_kernel(const float* __restrict__ x, int64_t K, const float* __restrict__ inv_smooth,
@@ -482,18 +470,6 @@ __global__ void dequant_kernel(const int32_t* __restrict__ acc, int64_t M, int64
   }
 }
 
-__global__ void bias_residual_kernel(float* __restrict__ y, int64_t M, int64_t N, const float* __restrict__ bias,
-                                     const float* __restrict__ residual) {
-  const int64_t n = M * N;
-  for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < n;
-       o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v = y[o];
-    if (bias) v += bias[o % N];
-    if (residual) v += residual[o];
-    y[o] = v;
-  }
-}
-
 // GEMV for M <= 8: one warp per output column n streams w[n, :] once (16-byte loads) for all M rows.
 // PRE: the input as stored (0), rmsnorm(x) (1: each block computes the rows' 1/rms first), or silu(gate) * up
 // of a fused [gate | up] row (2).
@@ -533,8 +509,7 @@ template <int M, bool kBF16, int PRE, int WPN>
 __global__ void gemv_kernel(const float* __restrict__ x, int64_t K, const void* __restrict__ wv, int64_t N,
                             const float* __restrict__ bias, const float* __restrict__ residual, float* __restrict__ y,
                             int vec, const float* __restrict__ nw, float eps) {
-  pdl_wait();
-  pdl_launch_dependents();
+  pdl_enter();
   __shared__ float inv[M];
   if constexpr (PRE == 1) {
     __shared__ float part[M][8];
@@ -809,12 +784,6 @@ int f32_to_bf16(const float* x, int64_t n, uint16_t* y, cudaStream_t s) {
   return 1;
 }
 
-int f32_to_bf16_rows(const float* x, int64_t rows, int64_t C, int64_t ld, uint16_t* y, cudaStream_t s) {
-  if (rows * C == 0) return 0;
-  f32_to_bf16_rows_kernel<<<blocks_for(rows * C, 4), kThreads, 0, s>>>(x, rows, C, ld, y);
-  return 1;
-}
-
 int quantize_rows_i8(const float* x, int64_t M, int64_t K, const float* inv_smooth, int8_t* q, float* scale,
                      cudaStream_t s) {
   if (M == 0) return 0;
@@ -826,12 +795,6 @@ int dequant_i8(const int32_t* acc, int64_t M, int64_t N, const float* sx, const 
                const float* residual, float* y, cudaStream_t s) {
   if (M * N == 0) return 0;
   dequant_kernel<<<blocks_for(M * N, 4), kThreads, 0, s>>>(acc, M, N, sx, sw, bias, residual, y);
-  return 1;
-}
-
-int bias_residual(float* y, int64_t M, int64_t N, const float* bias, const float* residual, cudaStream_t s) {
-  if (M * N == 0 || (bias == nullptr && residual == nullptr)) return 0;
-  bias_residual_kernel<<<blocks_for(M * N, 4), kThreads, 0, s>>>(y, M, N, bias, residual);
   return 1;
 }
 

@@ -17,18 +17,13 @@ class RefBackend final : public Backend {
   std::shared_ptr<const LinearPlan> plan_;
 
   bool planned_int8(const Tensor& w) const {
-    if (!plan_) return false;
-    auto it = plan_->precision.find(w.name());
-    return it != plan_->precision.end() && it->second == Precision::kInt8;
+    return plan_ && plan_->precision_of(w.name(), Precision::kF32) == Precision::kInt8;
   }
 
   Status linear_int8(const Tensor& x, const Tensor& w, const Tensor* bias, float* y) const {
     Tensor q = w;
     if (w.dtype() != DType::kI8) {
-      const std::vector<float>* smooth = nullptr;
-      auto it = plan_->smooth.find(w.name());
-      if (it != plan_->smooth.end() && it->second) smooth = it->second.get();
-      EV_ASSIGN_OR_RETURN(q, quantize_weight_int8(w, smooth));
+      EV_ASSIGN_OR_RETURN(q, quantize_weight_int8(w, plan_->smooth_of(w.name())));
     }
     const QuantParams& qp = *q.quant();
     std::vector<float> b;
