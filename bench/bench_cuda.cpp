@@ -8,7 +8,8 @@
 //            (pixels up, embeddings down, synchronised), median of --repeats, CUDA graphs on and off.
 //  batch     the same at batch B (default 32, 64): tiles per second.
 //  decode    the 256M shape's text model at batch 1: 128 greedy tokens after a 64-token prompt (logits down and
-//            argmax on the host every token, as generation does), tokens per second, CUDA graphs on and off.
+//            argmax on the host every token), tokens per second, CUDA graphs on and off; then with the picks on
+//            the device (Engine::decode_greedy, as generation does on CUDA), chunks of 1-16 steps per graph.
 //  streams   N concurrent 30 FPS streams of the shipped student (default 256) for S seconds in real time: each
 //            frame tick, one vision pass batched across the streams (fast head included); latency = batch done -
 //            frame arrival. W language workers (each its own engine and CUDA stream) serve requests that every
@@ -36,6 +37,7 @@
 #include "core/clock.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "runtime/engine.h"
+#include "text/sampling.h"
 #include "tools/random_model.h"
 
 #if defined(EDGEVLM_HAVE_CUDA)
@@ -85,10 +87,11 @@ bool has(const std::string& list, const char* w) {  // w is one of the comma-sep
   return l.find(k) != std::string::npos;
 }
 
-std::unique_ptr<ev::Engine> load(const std::string& dir, bool graphs, bool network_only) {
+std::unique_ptr<ev::Engine> load(const std::string& dir, bool graphs, bool network_only, bool tune = true) {
   ev::EngineOptions o;
   o.device = g_device;
   o.cuda_graphs = graphs;
+  o.cuda_tune_gemms = tune;
   o.network_only = network_only;
   o.threads = 4;
   auto e = ev::Engine::load(dir, o);
@@ -201,9 +204,21 @@ nlohmann::json bench_tile(ev::Engine& e, int batch, int repeats, const char* lab
   j["tiles_per_s"] = batch / median(t);
   std::printf("  vision %-10s batch %3d: median %8.3f ms  p90 %8.3f ms  %8.0f tiles/s\n", label, batch, median(t) * 1e3,
               pct(t, 0.9) * 1e3, batch / median(t));
+  if (auto st = ev::cuda_run_stats(e.vision_executor()); st.ok()) {
+    j["bytes_up"] = st->bytes_up;
+    j["host_plan_ms"] = st->plan_s * 1e3;  // staging included
+    j["host_enqueue_ms"] = st->enqueue_s * 1e3;
+    j["wait_ms"] = st->wait_s * 1e3;
+    j["replayed_as_is"] = st->replayed_as_is;
+    std::printf("      last run: %s, %.1f MB up; stage+plan %.3f ms, enqueue %.3f ms, wait %.3f ms\n",
+                st->replayed_as_is ? "replayed as is" : st->graph_replayed ? "captured" : "direct", st->bytes_up / 1e6,
+                st->plan_s * 1e3, st->enqueue_s * 1e3, st->wait_s * 1e3);
+  }
   std::fflush(stdout);
   return j;
 }
+
+std::vector<int32_t> g_host_tokens;  // bench_decode's greedy tokens (last run), to check decode_greedy against
 
 nlohmann::json bench_decode(ev::Engine& e, int n_tokens, const char* label) {
   const int64_t V = e.model().vocab_size();
@@ -218,12 +233,14 @@ nlohmann::json bench_decode(ev::Engine& e, int n_tokens, const char* label) {
       std::exit(1);
     }
     Tensor last = *lg;
+    g_host_tokens.clear();
     const double t0 = ev::now_s();
     for (int k = 0; k < n_tokens; ++k) {
       const float* p = last.data_as<float>();
       int32_t a = 0;
       for (int64_t v = 1; v < V; ++v)
         if (p[v] > p[a]) a = static_cast<int32_t>(v);
+      g_host_tokens.push_back(a);
       auto nl = e.forward_text({a}, Tensor(), cache, 1);
       if (!nl.ok()) {
         std::fprintf(stderr, "decode: %s\n", nl.status().to_string().c_str());
@@ -287,6 +304,56 @@ nlohmann::json bench_decode(ev::Engine& e, int n_tokens, const char* label) {
                 st->replayed_as_is ? "graph replayed as it is" : st->graph_replayed ? "captured + updated" : "direct launches",
                 st->plan_s * 1e3, st->enqueue_s * 1e3, st->wait_s * 1e3);
   }
+  std::fflush(stdout);
+  return j;
+}
+
+// Greedy decoding with the picks on the device (Engine::decode_greedy), `chunk` steps per graph run: the same
+// prompt and token count as bench_decode, whose tokens it must reproduce.
+nlohmann::json bench_decode_device(ev::Engine& e, int n_tokens, int chunk) {
+  const int64_t V = e.model().vocab_size();
+  std::vector<int32_t> prompt = ev::random_token_ids(64, V, e.config().image_token_id, 3);
+  std::vector<double> per_run;
+  std::vector<int32_t> toks;
+  for (int run = 0; run < 3; ++run) {
+    ev::KvCache cache = e.model().make_cache(64 + n_tokens + chunk + 2);
+    auto lg = e.forward_text(prompt, Tensor(), cache, 1);
+    if (!lg.ok()) {
+      std::fprintf(stderr, "prefill: %s\n", lg.status().to_string().c_str());
+      std::exit(1);
+    }
+    const int32_t first = ev::text::argmax(lg->data_as<float>(), static_cast<int>(V));
+    const double t0 = ev::now_s();
+    auto r = e.decode_greedy(first, cache, n_tokens - 1, chunk);
+    const double dt = ev::now_s() - t0;
+    if (!r.ok()) {
+      std::fprintf(stderr, "decode_greedy: %s\n", r.status().to_string().c_str());
+      std::exit(1);
+    }
+    toks.assign(1, first);
+    toks.insert(toks.end(), r->begin(), r->end());
+    per_run.push_back(dt / (n_tokens - 1));
+  }
+  int agree = 0;
+  while (agree < static_cast<int>(std::min(toks.size(), g_host_tokens.size())) && toks[agree] == g_host_tokens[agree])
+    ++agree;
+  auto st = ev::cuda_run_stats(e.executor());
+  nlohmann::json j;
+  j["graphs"] = "device-greedy";
+  j["chunk"] = chunk;
+  j["ms_per_token_median"] = median(per_run) * 1e3;
+  j["tokens_per_s"] = 1.0 / median(per_run);
+  j["tokens_as_host_pick"] = agree;
+  j["tokens"] = static_cast<int>(toks.size());
+  if (st.ok()) {
+    j["kernels_per_run"] = st->kernel_launches;
+    j["replayed_as_is"] = st->replayed_as_is;
+    j["wait_ms"] = st->wait_s * 1e3;
+  }
+  std::printf("  decode device-greedy chunk %2d: %.3f ms/token = %.0f tokens/s (%d kernels per run, %s); tokens as the host's "
+              "picks: %d/%zu\n",
+              chunk, median(per_run) * 1e3, 1.0 / median(per_run), st.ok() ? st->kernel_launches : -1,
+              st.ok() && st->replayed_as_is ? "replayed as is" : "captured", agree, toks.size());
   std::fflush(stdout);
   return j;
 }
@@ -519,12 +586,24 @@ int main(int argc, char** argv) {
       }
       std::printf("  wrote the random smolvlm-256m model in %.1f s\n", ev::now_s() - t0);
     }
-    for (bool graphs : {true, false}) {
-      auto e = load(a.shape_dir, graphs, true);
-      const char* label = graphs ? "graphs" : "no-graphs";
+    // Variants side by side: CUDA graphs with GEMM autotuning (the default), graphs with cuBLASLt's first
+    // heuristic (vision only: decode runs our GEMVs), direct launches.
+    struct Variant {
+      const char* label;
+      bool graphs, tune;
+    };
+    for (const Variant& vr : {Variant{"graphs", true, true}, Variant{"untuned", true, false}, Variant{"no-graphs", false, true}}) {
+      const bool graphs = vr.graphs;
+      const char* label = vr.label;
+      const bool untuned = !vr.tune;
+      if (untuned && !has(a.what, "tile") && !has(a.what, "batch")) continue;
+      auto e = load(a.shape_dir, graphs, true, vr.tune);
       if (has(a.what, "tile")) out["tile"].push_back(bench_tile(*e, 1, a.repeats, label));
       if (has(a.what, "batch"))
         for (int b : a.batches) out["batch"].push_back(bench_tile(*e, b, std::max(5, a.repeats / 3), label));
+      if (auto st = ev::cuda_run_stats(e->vision_executor()); st.ok() && st->gemm_shapes_tuned > 0)
+        std::printf("    (%s: %d GEMM shapes tuned in %.1f ms)\n", label, st->gemm_shapes_tuned, st->gemm_tuning_s * 1e3);
+      if (untuned) continue;
       if (has(a.what, "decode")) {
         if (graphs) {  // programmatic dependent launch off, then on (the default), side by side
           ev::cuda_set_dependent_launch(false);
@@ -532,6 +611,8 @@ int main(int argc, char** argv) {
           ev::cuda_set_dependent_launch(true);
         }
         out["decode"].push_back(bench_decode(*e, a.decode_tokens, label));
+        if (graphs)
+          for (int chunk : {1, 4, 8, 16}) out["decode"].push_back(bench_decode_device(*e, a.decode_tokens, chunk));
       }
       if (!graphs && has(a.what, "profile")) {
         out["profile_b1"] = profile_vision(*e, 1);

@@ -30,6 +30,7 @@ const char* op_kind_name(OpKind k) {
     case OpKind::kAttnScore: return "attn_score";
     case OpKind::kTopK: return "top_k";
     case OpKind::kCols: return "cols";
+    case OpKind::kArgmax: return "argmax";
     case OpKind::kCount: break;
   }
   return "?";
@@ -290,6 +291,15 @@ TensorId Graph::attn_score(const std::string& name, TensorId q, TensorId k, int 
   return push(std::move(n));
 }
 
+TensorId Graph::argmax(const std::string& name, TensorId x) {
+  const Shape& s = shape(x);
+  if (s.ndim != 2 || s[1] < 1 || node(x).out_dtype != DType::kF32)
+    return fail(name + ": argmax of " + s.to_string() + " (needs f32 [B, n], n >= 1)");
+  Node n = make(OpKind::kArgmax, name, {x}, Shape{s[0]});
+  n.out_dtype = DType::kI32;
+  return push(std::move(n));
+}
+
 TensorId Graph::top_k(const std::string& name, TensorId score, int64_t k) {
   const Shape& s = shape(score);
   if (s.ndim != 2 || k < 1 || k > s[1] || node(score).out_dtype != DType::kF32)
@@ -323,6 +333,7 @@ double node_flops(const Graph& g, const Node& n) {
     case OpKind::kSilu: return 6.0 * out;
     case OpKind::kSigmoid: return 5.0 * out;
     case OpKind::kMeanRows: return static_cast<double>(g.shape(n.inputs[0]).numel());
+    case OpKind::kArgmax: return static_cast<double>(g.shape(n.inputs[0]).numel());
     case OpKind::kSwiGLU: return 7.0 * out;
     case OpKind::kRope: return 3.0 * out;
     case OpKind::kAttnScore: {  // q k^T plus the softmax (~8 flops per score)

@@ -35,6 +35,9 @@
 //                softmax_j(scale q_i . k_j) (token pruning's importance score)
 //   kTopK        in: score [B, n] f32; p.row_end = k (1 <= k <= n)                    out: [B*k] i32 flat row
 //                indices b*n + j of each batch element's k highest scores (ties: lower j first), ascending j
+//   kArgmax      in: x [B, n] f32                                                     out: [B] i32, the column
+//                of each row's highest value (ties: the lowest; NaN never wins; -1 for a row of NaNs): greedy
+//                decoding on the device, whose ids feed the next step's get_rows
 //   kScatterRows in: base [T, C], src [n, C], idx [n] (i32): out = base; out[idx[i]] = src[i]  out: [T, C]
 //   kRows        in: x [..., R, C] seen as [rows, C]; p.row_begin, p.row_end           out: [row_end-row_begin, C]
 //   kCols        in: x [..., C] seen as [rows, C]; p.col_begin, p.col_end               out: [..., col_end-col_begin]
@@ -79,6 +82,7 @@ enum class OpKind : uint8_t {
   kAttnScore,
   kTopK,
   kCols,  // column range of x [..., C]; a view when possible (see is_view())
+  kArgmax,
   kCount
 };
 
@@ -170,6 +174,8 @@ struct Graph {
   TensorId attn_score(const std::string& name, TensorId q, TensorId k, int n_heads, int n_kv_heads, int head_dim,
                       float scale);
   TensorId top_k(const std::string& name, TensorId score, int64_t k);
+  // x [B, n] f32 -> [B] i32 (see kArgmax).
+  TensorId argmax(const std::string& name, TensorId x);
 
   void mark_output(TensorId id) { nodes[static_cast<size_t>(id)].keep = true; }
 

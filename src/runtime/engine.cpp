@@ -341,6 +341,7 @@ Status Engine::init_cuda_backend() {
   CudaOptions co;
   co.device = dev;
   co.graphs = opt_.cuda_graphs;
+  co.tune_gemms = opt_.cuda_tune_gemms;
   co.precision = text_prec_;
   EV_ASSIGN_OR_RETURN(backend_, make_cuda_backend(co));
   Backend* vbe = backend_.get();
@@ -550,7 +551,75 @@ struct Engine::DecodeBatch {
   TensorId logits = -1;
 };
 
+struct Engine::DecodeChunk {
+  Graph g;
+  Tensor first = Tensor::empty(DType::kI32, Shape{1});
+  std::vector<Tensor> pos;        // one [1] per step
+  std::vector<TensorId> picks;    // [1] i32 per step
+  const void* cache_key = nullptr;
+  int64_t capacity = 0;
+  int chunk = 0;
+};
+
 Engine::~Engine() = default;
+
+Result<std::vector<int32_t>> Engine::decode_greedy(int32_t first, KvCache& cache, int n_tokens, int chunk) {
+  if (n_tokens < 0 || n_tokens > 1 << 20) return InvalidArgument("decode_greedy: " + std::to_string(n_tokens) + " tokens");
+  if (chunk < 1 || chunk > 256) return InvalidArgument("decode_greedy: chunk " + std::to_string(chunk) + " outside [1, 256]");
+  const int64_t V = model_->vocab_size();
+  if (first < 0 || first >= V)
+    return InvalidArgument("decode_greedy: token id " + std::to_string(first) + " is outside the vocabulary of " +
+                           std::to_string(V));
+  std::vector<int32_t> out;
+  if (n_tokens == 0) return out;
+  const int64_t runs = (n_tokens + chunk - 1) / chunk;
+  if (cache.size() + runs * chunk > cache.capacity())
+    return InvalidArgument("KV cache full: " + std::to_string(cache.size()) + " + " + std::to_string(runs * chunk) +
+                           " tokens (" + std::to_string(runs) + " chunks of " + std::to_string(chunk) +
+                           ") exceed its capacity of " + std::to_string(cache.capacity()));
+  DecodeChunk* d = decode_chunk_.get();
+  if (!d || d->cache_key != cache.k_layer(0).data() || d->capacity != cache.capacity() || d->chunk != chunk) {
+    auto nd = std::make_unique<DecodeChunk>();
+    TensorId ids = nd->g.input("ids", nd->first);
+    for (int k = 0; k < chunk; ++k) {
+      nd->pos.push_back(Tensor::empty(DType::kI32, Shape{1}));
+      TensorId x = model_->build_embed(nd->g, ids);
+      TensorId logits = model_->build_decode_step(nd->g, x, cache, nd->g.input("pos", nd->pos.back()));
+      ids = nd->g.argmax("t.pick", logits);
+      nd->g.mark_output(ids);
+      nd->picks.push_back(ids);
+    }
+    EV_RETURN_IF_ERROR(nd->g.status());
+    nd->cache_key = cache.k_layer(0).data();
+    nd->capacity = cache.capacity();
+    nd->chunk = chunk;
+    if (on_cuda_)
+      for (int l = 0; l < cache.n_layers(); ++l) {
+        exec_->keep_resident(cache.k_layer(l));
+        exec_->keep_resident(cache.v_layer(l));
+      }
+    decode_chunk_ = std::move(nd);
+    d = decode_chunk_.get();
+  }
+  int32_t feed = first;
+  for (int64_t r = 0; r < runs; ++r) {
+    d->first.data_as<int32_t>()[0] = feed;
+    for (int k = 0; k < chunk; ++k) d->pos[static_cast<size_t>(k)].data_as<int32_t>()[0] = static_cast<int32_t>(cache.size() + k);
+    EV_ASSIGN_OR_RETURN(ExecResult res, exec_->run(d->g));
+    cache.set_size(cache.size() + chunk);
+    for (int k = 0; k < chunk; ++k) {
+      const int32_t t = res[d->picks[static_cast<size_t>(k)]].data_as<const int32_t>()[0];
+      if (t < 0 || t >= V)
+        return Internal("decode_greedy: step " + std::to_string(out.size()) + " picked no token (logits all NaN)");
+      out.push_back(t);
+    }
+    feed = out.back();
+  }
+  // The cache holds the tokens fed: first and the picks before the last one kept.
+  cache.set_size(cache.size() - (static_cast<int64_t>(out.size()) - n_tokens));
+  out.resize(static_cast<size_t>(n_tokens));
+  return out;
+}
 
 Result<std::vector<GenerateResult>> Engine::generate_batch(const std::vector<EncodedImages>& encs,
                                                            const nlohmann::json& messages, const GenerateOptions& gen) {
@@ -770,7 +839,13 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
   const Tensor& image_embeds = enc.embeds;
 
   t = now_s();
-  KvCache cache = model_->make_cache(static_cast<int64_t>(ids.size()) + gen.max_new_tokens + 1);
+  // Greedy picks on the device, a chunk of steps per graph run (EngineOptions::greedy_chunk): the same tokens as
+  // picking on the host from the same logits.
+  const int chunk = std::clamp(opt_.greedy_chunk, 0, 256);
+  const bool device_greedy = on_cuda_ && opt_.static_decode && chunk >= 1 && gen.sampler.temperature <= 0.f &&
+                             gen.sampler.repetition_penalty == 1.0f && !gen.token_probs;
+  KvCache cache = model_->make_cache(static_cast<int64_t>(ids.size()) + gen.max_new_tokens + 1 +
+                                     (device_greedy ? chunk : 0));
   EV_ASSIGN_OR_RETURN(Tensor logits, forward_text(ids, image_embeds, cache, 1));
   res.stats.prefill_s = now_s() - t;
   res.stats.prompt_tokens = static_cast<int>(ids.size());
@@ -781,8 +856,19 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
   const int V = static_cast<int>(model_->vocab_size());
   t = now_s();
   res.stats.stop_reason = "max_new_tokens";
+  std::vector<int32_t> picked;  // device_greedy: the current chunk's picks
+  size_t next_pick = 0;
+  int32_t tok = -1;
   for (int step = 0; step < gen.max_new_tokens; ++step) {
-    const int32_t tok = sampler.sample(logits.data_as<float>(), V);
+    if (device_greedy && step > 0) {
+      if (next_pick == picked.size()) {
+        EV_ASSIGN_OR_RETURN(picked, decode_greedy(tok, cache, chunk, chunk));
+        next_pick = 0;
+      }
+      tok = picked[next_pick++];
+    } else {
+      tok = sampler.sample(logits.data_as<float>(), V);
+    }
     const bool is_eos = std::find(stop_ids_.begin(), stop_ids_.end(), tok) != stop_ids_.end();
     const bool is_stop = std::find(gen.extra_stop_tokens.begin(), gen.extra_stop_tokens.end(), tok) !=
                          gen.extra_stop_tokens.end();
@@ -807,7 +893,9 @@ Result<GenerateResult> Engine::generate_encoded(const EncodedImages& enc, const 
       break;
     }
     if (step + 1 == gen.max_new_tokens) break;
-    EV_ASSIGN_OR_RETURN(logits, forward_text({tok}, Tensor(), cache, 1));
+    if (!device_greedy) {
+      EV_ASSIGN_OR_RETURN(logits, forward_text({tok}, Tensor(), cache, 1));
+    }
   }
   const std::string tail = sdec.flush();
   res.text += tail;

@@ -149,6 +149,9 @@ class CpuBackend final : public Backend {
         const ref::AttentionDims a = ref::attention_dims(n, *in[0], *in[1]);
         return cpu::attention_score(a, in[0]->data_as<const float>(), in[1]->data_as<const float>(), y, pool_);
       }
+      case OpKind::kArgmax:  // one pass over a row of logits per sequence
+        ref::argmax_rows(in[0]->data_as<const float>(), in[0]->dim(0), in[0]->dim(1), out.data_as<int32_t>());
+        return Status::Ok();
       case OpKind::kTopK:  // a partial sort of a few hundred scores per tile
         ref::top_k_rows(in[0]->data_as<const float>(), in[0]->dim(0), in[0]->dim(1), n.p.row_end,
                         out.data_as<int32_t>());

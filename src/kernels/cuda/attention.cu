@@ -443,6 +443,12 @@ __device__ inline void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// 2^x on the special-function unit (flush-to-zero): what exp2f compiles to without its range handling.
+__device__ inline float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 __device__ inline uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&v);
@@ -475,7 +481,7 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
                                                      const __nv_bfloat16* __restrict__ k,
                                                      const __nv_bfloat16* __restrict__ v, int64_t T, int64_t S,
                                                      int Hq, int Hkv, float scale_log2, int causal, int64_t q_offset,
-                                                     float* __restrict__ out, float* __restrict__ lse) {
+                                                     void* __restrict__ out_v, int out16, float* __restrict__ lse) {
   constexpr int LD = Flash2Layout<D, W>::LD;
   constexpr int BQ = Flash2Layout<D, W>::BQ;
   constexpr int NT = D / 8;  // output n-tiles
@@ -510,6 +516,9 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
   int64_t lim_a = causal ? q_offset + row_a + 1 : S, lim_b = causal ? q_offset + row_b + 1 : S;
   if (lim_a > S) lim_a = S;
   if (lim_b > S) lim_b = S;
+  // Keys every row of this warp may see (its first row's limit): tiles below it need no mask.
+  int64_t lim_lo = causal ? q_offset + i0 + 16 * warp + 1 : S;
+  if (lim_lo > S) lim_lo = S;
 
   uint32_t qf[D / 16][4];
   float o[NT][4];
@@ -548,18 +557,31 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
       }
     }
     const int64_t j0 = static_cast<int64_t>(t) * 64;
+    // Raw scores s; the softmax works on s * scale_log2 (log2 domain). A tile that every row of the warp sees in
+    // full (all tiles of a non-causal attention over whole tiles) needs no mask: its max is taken on the raw
+    // scores and the scaling folds into the exponent's FMA.
+    const bool full = scale_log2 > 0.f && j0 + 64 <= lim_lo;
     float mx_a = -INFINITY, mx_b = -INFINITY;
+    if (full) {
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+      for (int nt = 0; nt < 8; ++nt) {
+        mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
+      }
+      mx_a *= scale_log2;
+      mx_b *= scale_log2;
+    } else {
+      const int ja = static_cast<int>(lim_a - j0), jb = static_cast<int>(lim_b - j0);  // keys allowed in this tile
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int64_t j = j0 + nt * 8 + lc + e;
-        const float va = j < lim_a ? s[nt][e] * scale_log2 : -INFINITY;
-        const float vbv = j < lim_b ? s[nt][2 + e] * scale_log2 : -INFINITY;
-        s[nt][e] = va;
-        s[nt][2 + e] = vbv;
-        mx_a = fmaxf(mx_a, va);
-        mx_b = fmaxf(mx_b, vbv);
+      for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = nt * 8 + lc + e;
+          s[nt][e] = j < ja ? s[nt][e] * scale_log2 : -INFINITY;  // scaled here; the exponent subtracts only
+          s[nt][2 + e] = j < jb ? s[nt][2 + e] * scale_log2 : -INFINITY;
+          mx_a = fmaxf(mx_a, s[nt][e]);
+          mx_b = fmaxf(mx_b, s[nt][2 + e]);
+        }
       }
     }
     mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
@@ -567,15 +589,17 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
     mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
     const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    const float al_a = m_a == -INFINITY ? 0.f : exp2f(m_a - mn_a);
-    const float al_b = m_b == -INFINITY ? 0.f : exp2f(m_b - mn_b);
+    // A row with no allowed key yet keeps max -inf: subtracting 0 instead makes every p (and alpha) 0.
+    const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+    const float al_a = fast_exp2(m_a - mu_a), al_b = fast_exp2(m_b - mu_b);
     float rs_a = 0.f, rs_b = 0.f;
+    const float sl = full ? scale_log2 : 1.f;  // masked tiles hold scaled scores (-inf where masked: p = 0)
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
-        const float pa = mn_a == -INFINITY ? 0.f : exp2f(s[nt][e] - mn_a);
-        const float pb = mn_b == -INFINITY ? 0.f : exp2f(s[nt][2 + e] - mn_b);
+        const float pa = fast_exp2(fmaf(s[nt][e], sl, -mu_a));
+        const float pb = fast_exp2(fmaf(s[nt][2 + e], sl, -mu_b));
         s[nt][e] = pa;
         s[nt][2 + e] = pb;
         rs_a += pa;
@@ -613,18 +637,26 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
   }
   cp_async_wait<0>();
   const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-  if (row_a < T) {
-    float* orow = out + (b * T + row_a) * qld + static_cast<int64_t>(h) * D;
+  // out: f32, or bf16 (out16) when only a bf16 GEMM reads it (the executor's fuse_bf16).
+  auto store = [&](int64_t row, int half, float inv) {
+    const int64_t off = (b * T + row) * qld + static_cast<int64_t>(h) * D;
+    if (out16) {
+      uint32_t* orow = reinterpret_cast<uint32_t*>(static_cast<__nv_bfloat16*>(out_v) + off);
 #pragma unroll
-    for (int dt = 0; dt < NT; ++dt)
-      *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][0] * inv_a, o[dt][1] * inv_a);
+      for (int dt = 0; dt < NT; ++dt) orow[(dt * 8 + lc) / 2] = pack_bf16(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    } else {
+      float* orow = static_cast<float*>(out_v) + off;
+#pragma unroll
+      for (int dt = 0; dt < NT; ++dt)
+        *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    }
+  };
+  if (row_a < T) {
+    store(row_a, 0, inv_a);
     if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_a] = l_a > 0.f ? m_a + log2f(l_a) : -INFINITY;
   }
   if (row_b < T) {
-    float* orow = out + (b * T + row_b) * qld + static_cast<int64_t>(h) * D;
-#pragma unroll
-    for (int dt = 0; dt < NT; ++dt)
-      *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][2] * inv_b, o[dt][3] * inv_b);
+    store(row_b, 1, inv_b);
     if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_b] = l_b > 0.f ? m_b + log2f(l_b) : -INFINITY;
   }
 }
@@ -633,18 +665,18 @@ int g_sms = 132;  // multiprocessors of the device (init_kernels)
 
 template <int D>
 void launch_flash2(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, int64_t B, int64_t T,
-                   int64_t S, int Hq, int Hkv, float scale_log2, bool causal, int64_t q_offset, float* out, float* lse,
-                   cudaStream_t s) {
+                   int64_t S, int Hq, int Hkv, float scale_log2, bool causal, int64_t q_offset, void* out, float* lse,
+                   cudaStream_t s, bool out16 = false) {
   const int64_t big = ((T + 127) / 128) * Hq * B;
   if (big >= g_sms) {
     const dim3 grid(static_cast<unsigned>((T + 127) / 128), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
     flash2_kernel<D, 8><<<grid, 256, Flash2Layout<D, 8>::bytes, s>>>(q, k, v, T, S, Hq, Hkv, scale_log2,
-                                                                    causal ? 1 : 0, q_offset, out, lse);
+                                                                    causal ? 1 : 0, q_offset, out, out16 ? 1 : 0, lse);
     return;
   }
   const dim3 grid(static_cast<unsigned>((T + 63) / 64), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
   flash2_kernel<D, 4><<<grid, 128, Flash2Layout<D, 4>::bytes, s>>>(q, k, v, T, S, Hq, Hkv, scale_log2,
-                                                                  causal ? 1 : 0, q_offset, out, lse);
+                                                                  causal ? 1 : 0, q_offset, out, out16 ? 1 : 0, lse);
 }
 
 // bf16 copies for the tensor-core kernels: the one conversion kernel of the backend (ops.cu).
@@ -715,6 +747,7 @@ size_t attention_scratch_bytes(int64_t B, int64_t T, int64_t S, int Hq, int Hkv,
   return r(static_cast<size_t>(B * T * Hq * D) * 2) + 2 * r(static_cast<size_t>(B * S * Hkv * D) * 2);
 }
 
+
 int attention(const float* q, const float* k, const float* v, int64_t B, int64_t T, int64_t S, int Hq, int Hkv,
               int D, float scale, bool causal, int64_t q_offset, float* out, float* lse, bool exact, void* scratch,
               cudaStream_t s, const int32_t* positions, bool per_batch) {
@@ -762,8 +795,8 @@ int attention(const float* q, const float* k, const float* v, int64_t B, int64_t
 }
 
 int attention_mixed(const void* q, bool q16, const void* k, bool k16, const void* v, bool v16, int64_t B, int64_t T,
-                    int64_t S, int Hq, int Hkv, int D, float scale, bool causal, int64_t q_offset, float* out,
-                    float* lse, void* scratch, cudaStream_t s) {
+                    int64_t S, int Hq, int Hkv, int D, float scale, bool causal, int64_t q_offset, void* out,
+                    float* lse, void* scratch, cudaStream_t s, bool out16) {
   if (B * T * Hq == 0) return 0;
   auto r = [](size_t n) { return (n + 255) / 256 * 256; };
   char* sc = static_cast<char*>(scratch);
@@ -781,9 +814,9 @@ int attention_mixed(const void* q, bool q16, const void* k, bool k16, const void
   const __nv_bfloat16* vb = as16(v, v16, nk, r(static_cast<size_t>(nq) * 2) + r(static_cast<size_t>(nk) * 2));
   const float sl2 = scale * kLog2e;
   switch (D) {
-    case 32: launch_flash2<32>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
-    case 64: launch_flash2<64>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
-    default: launch_flash2<128>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
+    case 32: launch_flash2<32>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
+    case 64: launch_flash2<64>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
+    default: launch_flash2<128>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
   }
   return launches;
 }

@@ -62,6 +62,26 @@ void staged_copy(void* dst, const void* src, size_t bytes) {
   for (auto& t : th) t.join();
 }
 
+// staged_copy for f32 -> bf16 (round to nearest even, as the device's conversion): inputs that travel as bf16.
+void staged_to_bf16(uint16_t* dst, const float* src, size_t n) {
+  constexpr size_t kChunk = size_t(256) << 10;  // elements per thread at least (one 512-px tile: 3 threads)
+  const unsigned hw = std::max(1u, std::thread::hardware_concurrency() / 2);
+  const size_t parts = std::min<size_t>(std::min<size_t>(hw, 16), n / kChunk);
+  if (parts < 2) {
+    convert_f32_to_bf16(src, dst, n);
+    return;
+  }
+  const size_t per = round_up((n + parts - 1) / parts, 1024);
+  std::vector<std::thread> th;
+  for (size_t p = 1; p < parts; ++p) {
+    const size_t off = p * per;
+    if (off >= n) break;
+    th.emplace_back([=] { convert_f32_to_bf16(src + off, dst + off, std::min(per, n - off)); });
+  }
+  convert_f32_to_bf16(src, dst, std::min(per, n));
+  for (auto& t : th) t.join();
+}
+
 // A device allocation freed with the owner.
 struct DevAlloc {
   void* p = nullptr;
@@ -361,6 +381,17 @@ class LtGemm {
     return plan_for(Key{static_cast<int>(t), M, N, K, bias, residual, out16, gelu}, &p).ok();
   }
 
+  // Autotuning. A new GEMM shape first runs cuBLASLt's top heuristic (it may be met inside a graph capture, where
+  // nothing can be timed); after the run, outside any capture, tune() times each of the heuristic's candidates on
+  // scratch operands of that shape and keeps the fastest. epoch() counts the changes, so that graphs captured
+  // with the old algorithms are captured again.
+  bool needs_tuning() const { return tuning_ && untuned_ > 0; }
+  uint64_t epoch() const { return epoch_; }
+  void set_tuning(bool on) { tuning_ = on; }
+  int tuned_shapes() const { return tuned_; }
+  double tuning_seconds() const { return tune_s_; }
+  Status tune(cudaStream_t s);
+
  private:
   static constexpr size_t kWorkspace = 32u << 20;
   struct Key {
@@ -373,10 +404,13 @@ class LtGemm {
     }
   };
   std::map<Key, Status> failed_;
+  static constexpr int kCandidates = 8;
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's, best first
+    bool tuned = false;
     void destroy() {
       if (desc) cublasLtMatmulDescDestroy(desc);
       for (auto* l : {a, b, c, d})
@@ -402,6 +436,8 @@ class LtGemm {
     failed_.emplace(key, st);
     return st;
   }
+  if (p.candidates.size() > 1) ++untuned_;
+  else p.tuned = true;
   *out = &plans_.emplace(key, p).first->second;
   return Status::Ok();
 }
@@ -435,22 +471,101 @@ class LtGemm {
     EV_LT(cublasLtMatmulPreferenceCreate(&pref), "preference");
     const uint64_t ws = kWorkspace;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
-    cublasLtMatmulHeuristicResult_t res{};
+    cublasLtMatmulHeuristicResult_t res[kCandidates] = {};
     int found = 0;
-    const cublasStatus_t hs = cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->d, pref, 1, &res, &found);
+    const cublasStatus_t hs =
+        cublasLtMatmulAlgoGetHeuristic(handle_, p->desc, p->a, p->b, p->c, p->d, pref, kCandidates, res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
       return Unsupported(std::string("cuBLASLt has no algorithm for this ") +
                          (t == GemmType::kI8 ? "int8" : t == GemmType::kBF16 ? "bf16" : "f32") + " GEMM" +
                          (k.bias ? " with a bias epilogue" : "") + " (" + cublasLtGetStatusName(hs) + ")");
-    p->algo = res.algo;
+    p->algo = res[0].algo;
+    for (int i = 0; i < found; ++i)
+      if (res[i].state == CUBLAS_STATUS_SUCCESS) p->candidates.push_back(res[i].algo);
     return Status::Ok();
   }
+
+  bool tuning_ = true;
+  int untuned_ = 0, tuned_ = 0;
+  uint64_t epoch_ = 0;
+  double tune_s_ = 0;
 
   cublasLtHandle_t handle_ = nullptr;
   DevAlloc workspace_;
   std::map<Key, Plan> plans_;
 };
+
+Status LtGemm::tune(cudaStream_t s) {
+  const double t0 = now_s();
+  size_t free_b = 0, total_b = 0;
+  EV_CU(cudaMemGetInfo(&free_b, &total_b), "querying free memory");
+  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  EV_CU(cudaEventCreate(&e0), "creating an event");
+  EV_CU(cudaEventCreate(&e1), "creating an event");
+  Status st = Status::Ok();
+  for (auto& [k, p] : plans_) {
+    if (p.tuned) continue;
+    p.tuned = true;
+    --untuned_;
+    const GemmType t = static_cast<GemmType>(k.t);
+    const size_t ab = t == GemmType::kF32 ? 4 : t == GemmType::kBF16 ? 2 : 1;
+    const size_t cd = t == GemmType::kI8 ? 4 : k.out16 ? 2 : 4;
+    const size_t wa = round_up(static_cast<size_t>(k.N * k.K) * ab, 256), xb = round_up(static_cast<size_t>(k.K * k.M) * ab, 256);
+    const size_t yb = round_up(static_cast<size_t>(k.M * k.N) * cd, 256), bb = round_up(static_cast<size_t>(k.N) * 4, 256);
+    const size_t need = wa + xb + yb + bb;
+    if (need > free_b / 2) continue;  // keep the heuristic's choice rather than crowd the device
+    DevAlloc buf;
+    if (!buf.alloc(need, "GEMM tuning").ok()) {
+      cudaGetLastError();
+      continue;
+    }
+    char* base = static_cast<char*>(buf.p);
+    cudaMemsetAsync(base, 0x3c, need, s);  // small finite values in every type (bf16 / f32 ~0.011, int8 60)
+    void *w = base, *x = base + wa, *y = base + wa + xb;
+    const float* bias = reinterpret_cast<const float*>(base + wa + xb + yb);
+    if (k.bias)
+      cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias));
+    const int32_t ia = 1, ib = 0;
+    const float fa = 1.f, fb = k.residual ? 1.f : 0.f;
+    const void* alpha = t == GemmType::kI8 ? static_cast<const void*>(&ia) : &fa;
+    const void* beta = t == GemmType::kI8 ? static_cast<const void*>(&ib) : &fb;
+    float best = -1.f;
+    for (const cublasLtMatmulAlgo_t& algo : p.candidates) {
+      auto once = [&] {
+        return cublasLtMatmul(handle_, p.desc, alpha, w, p.a, x, p.b, beta, y, p.c, y, p.d, &algo, workspace_.p,
+                              workspace_.bytes, s);
+      };
+      if (once() != CUBLAS_STATUS_SUCCESS) continue;  // warm-up; a candidate that cannot run is skipped
+      cudaEventRecord(e0, s);
+      constexpr int kReps = 3;
+      bool ok = true;
+      for (int r = 0; r < kReps && ok; ++r) ok = once() == CUBLAS_STATUS_SUCCESS;
+      cudaEventRecord(e1, s);
+      if (cudaEventSynchronize(e1) != cudaSuccess || !ok) {
+        cudaGetLastError();
+        continue;
+      }
+      float ms = 0.f;
+      cudaEventElapsedTime(&ms, e0, e1);
+      if (best < 0.f || ms < best) {
+        best = ms;
+        p.algo = algo;
+      }
+    }
+    const cudaError_t se = cudaStreamSynchronize(s);
+    if (se != cudaSuccess) {
+      st = Internal("CUDA: GEMM tuning: " + cu_msg(se));
+      break;
+    }
+    ++tuned_;
+  }
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  ++epoch_;
+  tune_s_ += now_s() - t0;
+  return st;
+}
 
 // ---- the executor ------------------------------------------------------------------------------------------------
 
@@ -472,6 +587,7 @@ class CudaExecutorImpl final : public Executor {
     EV_CU(cudaSetDevice(be_->options().device), "selecting device");
     EV_CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "creating a stream");
     EV_RETURN_IF_ERROR(lt_.init());
+    lt_.set_tuning(be_->options().tune_gemms);
     EV_RETURN_IF_ERROR(err_dev_.alloc(sizeof(cuda::DevError), "the error word"));
     graphs_ = be_->options().graphs;
     return Status::Ok();
@@ -529,6 +645,7 @@ class CudaExecutorImpl final : public Executor {
     bool deferred = false;      // placed (its output has a home) but computed by a later node's fused kernel
     int prologue_q = -1, prologue_k = -1, prologue_ks = -1;  // static decode: this V scatter runs rope_store_kv
     int64_t stage_off = -1;     // host leaf: offset of its bytes in the pinned staging buffer
+    bool stage16 = false;       // host leaf (f32) that travels as bf16: only bf16 consumers read it (pixels)
     DevWeight w[3];             // weight inputs, as the device holds them
   };
 
@@ -758,6 +875,16 @@ Result<ExecResult> CudaExecutorImpl::run(const Graph& g, const ExecOptions& opt)
   }
   for (Block& b : blocks_) b.busy = false;
   stats_.device_bytes = activation_bytes();
+  // New GEMM shapes of this run: their algorithms are chosen by timing now, outside any capture.
+  if (lt_.needs_tuning()) {
+    const Status ts = lt_.tune(stream_);
+    if (!ts.ok()) {
+      EV_LOG_WARN("CUDA: GEMM tuning stopped: %s", ts.to_string().c_str());
+      lt_.set_tuning(false);
+    }
+  }
+  stats_.gemm_shapes_tuned = lt_.tuned_shapes();
+  stats_.gemm_tuning_s = lt_.tuning_seconds();
   return res;
 }
 
@@ -903,10 +1030,31 @@ void CudaExecutorImpl::fuse_bf16(const Graph& g) {
       int64_t M, N, K;
       gemm_dims(ln, &M, &N, &K);
       ok = lt_.supported(GemmType::kBF16, M, N, K, ln.inputs.size() == 3, false, true, true);
+    } else if (nd.op == OpKind::kPatchify) {
+      ok = true;  // a permutation: bf16 out of bf16 pixels is the bf16 of the f32 result
+    } else if (nd.op == OpKind::kAttention && nd.inputs.size() == 3 &&
+               cuda::attention_uses_flash(g.shape(nd.inputs[0])[1], nd.p.head_dim)) {
+      // The tensor-core kernel of bf16 q, k, v (attention_mixed, decided above: inputs come first) writes bf16.
+      ok = true;
+      for (size_t s = 0; s < 3; ++s) ok = ok && plan_[static_cast<size_t>(root_[static_cast<size_t>(nd.inputs[s])])].out16;
     }
     if (!ok) continue;
     for (const auto& [c, s] : cons[i]) ok = ok && wants_bf16(c, s);
     if (ok) p.out16 = true;
+  }
+  // f32 host leaves read only by patchify nodes that write bf16 (the pixels of a vision pass) go up as bf16: half
+  // the bytes, and the GEMM after them sees the same bf16 values.
+  for (size_t i = 0; i < n; ++i) {
+    const Node& nd = g.nodes[i];
+    if (nd.op != OpKind::kInput || nd.is_weight || nd.keep || nd.bound.dtype() != DType::kF32 || cons[i].empty() ||
+        mirror_ptr(nd.bound) != nullptr)
+      continue;
+    bool ok = true;
+    for (const auto& [c, s] : cons[i]) {
+      const NodePlan& cp = plan_[static_cast<size_t>(c)];
+      ok = ok && g.nodes[static_cast<size_t>(c)].op == OpKind::kPatchify && cp.gpu && cp.out16;
+    }
+    if (ok) plan_[i].stage16 = true;
   }
 }
 
@@ -1073,10 +1221,12 @@ Status CudaExecutorImpl::plan_run(const Graph& g, const ExecOptions& opt) {
       L.dtype = t.dtype();
       continue;
     }
-    // Staged, then uploaded (bf16 / f16 activations are widened to f32 on the way).
+    // Staged, then uploaded (bf16 / f16 activations are widened to f32 on the way; stage16 leaves narrowed).
     const bool widen = t.dtype() == DType::kBF16 || t.dtype() == DType::kF16;
-    const size_t bytes = widen ? static_cast<size_t>(t.numel()) * 4 : t.nbytes();
-    L.dtype = widen ? DType::kF32 : t.dtype();
+    const size_t bytes = plan_[i].stage16 ? static_cast<size_t>(t.numel()) * 2
+                         : widen          ? static_cast<size_t>(t.numel()) * 4
+                                          : t.nbytes();
+    L.dtype = plan_[i].stage16 ? DType::kBF16 : widen ? DType::kF32 : t.dtype();
     L.block = take_block(bytes);
     if (L.block < 0) return Internal("CUDA: out of device memory for input '" + nd.name + "'");
     L.dev = static_cast<char*>(blocks_[static_cast<size_t>(L.block)].mem.p);
@@ -1166,7 +1316,9 @@ void CudaExecutorImpl::restage(const Graph& g) {
     if (plan_[i].stage_off < 0) continue;
     const Tensor& t = g.nodes[i].bound;
     char* dst = static_cast<char*>(pinned_.p) + plan_[i].stage_off;
-    if (t.dtype() == DType::kBF16)
+    if (plan_[i].stage16)
+      staged_to_bf16(reinterpret_cast<uint16_t*>(dst), t.data_as<const float>(), static_cast<size_t>(t.numel()));
+    else if (t.dtype() == DType::kBF16)
       convert_bf16_to_f32(t.data_as<const uint16_t>(), reinterpret_cast<float*>(dst), static_cast<size_t>(t.numel()));
     else if (t.dtype() == DType::kF16)
       convert_f16_to_f32(t.data_as<const uint16_t>(), reinterpret_cast<float*>(dst), static_cast<size_t>(t.numel()));
@@ -1190,6 +1342,7 @@ uint64_t CudaExecutorImpl::signature(const Graph& g) const {
   };
   mix(mirror_epoch_);
   mix(be_->epoch());
+  mix(lt_.epoch());  // GEMM algorithms changed by tuning
   mix(cuda::g_pdl ? 1 : 0);  // launches are captured with or without programmatic dependencies
   mix(g.nodes.size());
   for (const Node& nd : g.nodes) {
@@ -1520,7 +1673,7 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
                                     loc_[static_cast<size_t>(nd.inputs[1])].dev, k16,
                                     loc_[static_cast<size_t>(nd.inputs[2])].dev, v16, qs[0], qs[1], ks[1],
                                     nd.p.n_heads, nd.p.n_kv_heads, nd.p.head_dim, nd.p.scale, nd.p.causal,
-                                    nd.p.q_offset, y, lse, scratch_.p, s);
+                                    nd.p.q_offset, y, lse, scratch_.p, s, p.out16);
         break;
       }
       kl += cuda::attention(in(0), in(1), in(2), qs[0], qs[1], ks[1], nd.p.n_heads, nd.p.n_kv_heads, nd.p.head_dim,
@@ -1556,7 +1709,8 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
     }
     case OpKind::kPatchify: {
       const Shape& xs = shape(0);
-      kl += cuda::patchify(in(0), xs[0], xs[1], xs[2], xs[3], nd.p.patch, y, s);
+      kl += cuda::patchify(loc_[static_cast<size_t>(nd.inputs[0])].dev, loc_[static_cast<size_t>(nd.inputs[0])].dtype == DType::kBF16,
+                           xs[0], xs[1], xs[2], xs[3], nd.p.patch, y, p.out16, s);
       break;
     }
     case OpKind::kPixelShuffle: {
@@ -1612,6 +1766,11 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
       const Shape& xs = shape(0);
       const int64_t B = xs.ndim == 3 ? xs[0] : 1, R = xs.ndim == 3 ? xs[1] : xs[0];
       kl += cuda::mean_rows(in(0), B, R, xs.cols(), y, s);
+      break;
+    }
+    case OpKind::kArgmax: {
+      const Shape& xs = shape(0);
+      kl += cuda::argmax_rows(in(0), xs[0], xs[1], reinterpret_cast<int32_t*>(loc_[i].dev), s);
       break;
     }
     case OpKind::kTopK: {

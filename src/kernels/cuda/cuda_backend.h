@@ -55,6 +55,9 @@ struct CudaOptions {
   Precision precision = Precision::kBF16;  // Linears not planned int8: kBF16 (tensor cores) or kF32
   bool graphs = true;                      // replay runs as CUDA graphs where a run allows it
   bool fuse = true;                        // Linear + residual Add, attention score from attention's LSE
+  // Each new GEMM shape runs cuBLASLt's first heuristic once; after that run the executor times the heuristic's
+  // candidates (up to 8) on scratch operands of the shape and keeps the fastest (graphs are captured again).
+  bool tune_gemms = true;
   // Ops this backend must not run (for tests of the CPU fallback, and for bisecting): they go to the fallback.
   std::vector<OpKind> disabled_ops;
 };
@@ -86,6 +89,9 @@ struct CudaRunStats {
   // Host time of the run's phases: planning (placement, weights, staging), enqueueing (kernel launches, or the
   // capture and graph update), and waiting for the GPU (synchronisation until the outputs are down).
   double plan_s = 0, enqueue_s = 0, wait_s = 0;
+  // GEMM autotuning (CudaOptions::tune_gemms) by this executor so far: shapes tuned and the time spent.
+  int gemm_shapes_tuned = 0;
+  double gemm_tuning_s = 0;
 };
 // The stats of `ex` if it is a CudaExecutor (else an error).
 Result<CudaRunStats> cuda_run_stats(const Executor& ex);

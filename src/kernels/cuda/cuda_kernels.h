@@ -38,7 +38,9 @@ int rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_
 int rope_store_kv(const float* xq, const float* xk, const float* xv, int Hq, int Hkv, int D, float theta,
                   const int32_t* positions, float* q_out, float* k_cache, float* v_cache, int64_t cap, DevError* err,
                   cudaStream_t s);
-int patchify(const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y, cudaStream_t s);
+// px and y: f32, or bf16 with in16 / out16.
+int patchify(const void* px, bool in16, int64_t B, int64_t C, int64_t H, int64_t W, int P, void* y, bool out16,
+             cudaStream_t s);
 int pixel_shuffle(const float* x, int64_t B, int64_t S, int64_t E, int scale, float* y, cudaStream_t s);
 int get_rows(const void* table, TableType tt, int64_t V, int64_t C, const int32_t* ids, int64_t T, void* y,
              DevError* err, cudaStream_t s);
@@ -50,6 +52,8 @@ int copy(void* dst, const void* src, size_t bytes, cudaStream_t s);
 int copy_cols(const float* x, int64_t R, int64_t C, int64_t c0, int64_t w, float* y, cudaStream_t s);
 int mean_rows(const float* x, int64_t B, int64_t R, int64_t C, float* y, cudaStream_t s);
 int top_k(const float* score, int64_t B, int64_t n, int64_t k, int32_t* idx, cudaStream_t s);
+// x [B, n] -> idx [B]: graph.h kArgmax.
+int argmax_rows(const float* x, int64_t B, int64_t n, int32_t* idx, cudaStream_t s);
 
 // Precision conversions and the INT8 Linear's pieces (kernels/ref/ref_quant.h rules).
 int f32_to_bf16(const float* x, int64_t n, uint16_t* y, cudaStream_t s);
@@ -81,8 +85,8 @@ int attention(const float* q, const float* k, const float* v, int64_t B, int64_t
 // The tensor-core kernel on inputs some of which are already bf16 (the *16 flags; such a pointer is a bf16 array
 // of the same layout); the f32 ones are converted into scratch. Needs attention_uses_flash(T, D).
 int attention_mixed(const void* q, bool q16, const void* k, bool k16, const void* v, bool v16, int64_t B, int64_t T,
-                    int64_t S, int Hq, int Hkv, int D, float scale, bool causal, int64_t q_offset, float* out,
-                    float* lse, void* scratch, cudaStream_t s);
+                    int64_t S, int Hq, int Hkv, int D, float scale, bool causal, int64_t q_offset, void* out,
+                    float* lse, void* scratch, cudaStream_t s, bool out16 = false);
 size_t attention_scratch_bytes(int64_t B, int64_t T, int64_t S, int Hq, int Hkv, int D);
 // Whether attention() takes the tensor-core (flash) path for these sizes (else the split-key kernel).
 bool attention_uses_flash(int64_t T, int D);

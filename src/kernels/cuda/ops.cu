@@ -158,6 +158,69 @@ __global__ void norm_kernel(const float* __restrict__ x, int64_t C, const float*
   }
 }
 
+// C % 4 == 0 and C <= 128 * MAXV: one warp per row, float4 loads held in registers, shuffle reductions only (no
+// shared memory, no block barriers), 8 rows per block. The same two-pass arithmetic as norm_kernel.
+template <int MAXV>
+__global__ void __launch_bounds__(256) norm_warp_kernel(const float* __restrict__ x, int64_t rows, int64_t C,
+                                                        const float* __restrict__ w, const float* __restrict__ b,
+                                                        float eps, int rms, float* __restrict__ y,
+                                                        uint16_t* __restrict__ y16) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int n4 = static_cast<int>(C / 4);
+  const float4* xr = reinterpret_cast<const float4*>(x + row * C);
+  float4 v[MAXV];
+  float s = 0.f;
+#pragma unroll
+  for (int p = 0; p < MAXV; ++p) {
+    const int j = lane + 32 * p;
+    v[p] = j < n4 ? xr[j] : make_float4(0.f, 0.f, 0.f, 0.f);
+    s += rms ? v[p].x * v[p].x + v[p].y * v[p].y + v[p].z * v[p].z + v[p].w * v[p].w : v[p].x + v[p].y + v[p].z + v[p].w;
+  }
+  s = warp_sum(s);
+  float mean = 0.f, inv;
+  if (rms) {
+    inv = rsqrtf(s / static_cast<float>(C) + eps);
+  } else {
+    mean = s / static_cast<float>(C);
+    float q = 0.f;
+#pragma unroll
+    for (int p = 0; p < MAXV; ++p) {
+      if (lane + 32 * p >= n4) continue;
+      const float a = v[p].x - mean, bb = v[p].y - mean, c = v[p].z - mean, d = v[p].w - mean;
+      q += a * a + bb * bb + c * c + d * d;
+    }
+    inv = rsqrtf(warp_sum(q) / static_cast<float>(C) + eps);
+  }
+  const float4* w4 = reinterpret_cast<const float4*>(w);
+  const float4* b4 = reinterpret_cast<const float4*>(b);
+#pragma unroll
+  for (int p = 0; p < MAXV; ++p) {
+    const int j = lane + 32 * p;
+    if (j >= n4) continue;
+    const float4 ww = w4[j];
+    float4 o;
+    if (rms) {
+      o = make_float4(ww.x * (v[p].x * inv), ww.y * (v[p].y * inv), ww.z * (v[p].z * inv), ww.w * (v[p].w * inv));
+    } else {
+      const float4 bv = b4[j];
+      o = make_float4((v[p].x - mean) * inv * ww.x + bv.x, (v[p].y - mean) * inv * ww.y + bv.y,
+                      (v[p].z - mean) * inv * ww.z + bv.z, (v[p].w - mean) * inv * ww.w + bv.w);
+    }
+    if (y16) {
+      ushort4 h;
+      h.x = f32_to_bf16_bits(o.x);
+      h.y = f32_to_bf16_bits(o.y);
+      h.z = f32_to_bf16_bits(o.z);
+      h.w = f32_to_bf16_bits(o.w);
+      reinterpret_cast<ushort4*>(y16 + row * C)[j] = h;
+    } else {
+      reinterpret_cast<float4*>(y + row * C)[j] = o;
+    }
+  }
+}
+
 // Any C: a block per row, loops over the row (three passes over global memory).
 __global__ void norm_kernel_any(const float* __restrict__ x, int64_t C, const float* __restrict__ w,
                                 const float* __restrict__ b, float eps, int rms, float* __restrict__ y) {
@@ -243,15 +306,22 @@ __global__ void rope_store_kv_kernel(const float* __restrict__ xq, const float* 
   }
 }
 
-__global__ void patchify_kernel(const float* __restrict__ px, int64_t B, int64_t C, int64_t H, int64_t W, int P,
-                                float* __restrict__ y) {
+template <typename In, typename Out>
+__global__ void patchify_kernel(const In* __restrict__ px, int64_t B, int64_t C, int64_t H, int64_t W, int P,
+                                Out* __restrict__ y) {
   const int64_t gh = H / P, gw = W / P, E = C * P * P, n = B * gh * gw * E;
   for (int64_t o = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; o < n;
        o += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t e = o % E, patch = o / E;
     const int64_t col = e % P, r = (e / P) % P, c = e / (P * P);
     const int64_t pxi = patch % gw, py = (patch / gw) % gh, b = patch / (gw * gh);
-    y[o] = px[((b * C + c) * H + py * P + r) * W + pxi * P + col];
+    const In v = px[((b * C + c) * H + py * P + r) * W + pxi * P + col];
+    if constexpr (sizeof(Out) == 2 && sizeof(In) == 4)
+      y[o] = f32_to_bf16_bits(v);
+    else if constexpr (sizeof(Out) == 4 && sizeof(In) == 2)
+      y[o] = __uint_as_float(static_cast<uint32_t>(v) << 16);
+    else
+      y[o] = v;
   }
 }
 
@@ -387,6 +457,57 @@ __global__ void top_k_kernel(const float* __restrict__ score, int64_t n, int64_t
     __syncthreads();
     if (threadIdx.x == blockDim.x - 1) chunk_base += scan[threadIdx.x];
     __syncthreads();
+  }
+}
+
+// One block per row: each thread scans a stride of the row, then (value, index) pairs reduce by warp shuffles
+// and through shared memory. Order: higher value first, then lower index; NaN never wins (-1 if all are NaN).
+__device__ inline bool argmax_better(float v, int i, float bv, int bi) {
+  if (i < 0) return false;
+  if (bi < 0) return true;
+  return v > bv || (v == bv && i < bi);
+}
+
+__global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t n, int32_t* __restrict__ idx) {
+  pdl_enter();
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const float* r = x + blockIdx.x * n;
+  float bv = 0.f;
+  int bi = -1;
+  for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+    const float v = r[j];
+    if (!isnan(v) && argmax_better(v, static_cast<int>(j), bv, bi)) {
+      bv = v;
+      bi = static_cast<int>(j);
+    }
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (argmax_better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+  if (lane == 0) {
+    sv[warp] = bv;
+    si[warp] = bi;
+  }
+  __syncthreads();
+  if (warp == 0) {
+    bv = lane < n_warps ? sv[lane] : 0.f;
+    bi = lane < n_warps ? si[lane] : -1;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+      if (argmax_better(ov, oi, bv, bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if (lane == 0) idx[blockIdx.x] = bi;
   }
 }
 
@@ -681,7 +802,17 @@ int norm(const float* x, int64_t rows, int64_t C, const float* w, const float* b
          cudaStream_t s, uint16_t* y16) {
   if (rows == 0) return 0;
   const unsigned grid = static_cast<unsigned>(rows);
-  if (C <= 256)
+  const bool vec = C % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+                   (rms || reinterpret_cast<uintptr_t>(b) % 16 == 0) &&
+                   (y16 ? reinterpret_cast<uintptr_t>(y16) % 8 == 0 : reinterpret_cast<uintptr_t>(y) % 16 == 0);
+  const unsigned wgrid = static_cast<unsigned>((rows + 7) / 8);
+  if (vec && C <= 512)
+    norm_warp_kernel<4><<<wgrid, 256, 0, s>>>(x, rows, C, w, b, eps, rms ? 1 : 0, y, y16);
+  else if (vec && C <= 1024)
+    norm_warp_kernel<8><<<wgrid, 256, 0, s>>>(x, rows, C, w, b, eps, rms ? 1 : 0, y, y16);
+  else if (vec && C <= 2048)
+    norm_warp_kernel<16><<<wgrid, 256, 0, s>>>(x, rows, C, w, b, eps, rms ? 1 : 0, y, y16);
+  else if (C <= 256)
     norm_kernel<1><<<grid, 256, 0, s>>>(x, C, w, b, eps, rms ? 1 : 0, y, y16);
   else if (C <= 1024)
     norm_kernel<4><<<grid, 256, 0, s>>>(x, C, w, b, eps, rms ? 1 : 0, y, y16);
@@ -710,10 +841,21 @@ int rope_store_kv(const float* xq, const float* xk, const float* xv, int Hq, int
   return 1;
 }
 
-int patchify(const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y, cudaStream_t s) {
+int patchify(const void* px, bool in16, int64_t B, int64_t C, int64_t H, int64_t W, int P, void* y, bool out16,
+             cudaStream_t s) {
   const int64_t n = B * C * H * W;
   if (n == 0) return 0;
-  patchify_kernel<<<blocks_for(n, 4), kThreads, 0, s>>>(px, B, C, H, W, P, y);
+  const unsigned g = blocks_for(n, 4);
+  auto* f = static_cast<const float*>(px);
+  auto* h = static_cast<const uint16_t*>(px);
+  if (in16 && out16)
+    patchify_kernel<<<g, kThreads, 0, s>>>(h, B, C, H, W, P, static_cast<uint16_t*>(y));
+  else if (in16)
+    patchify_kernel<<<g, kThreads, 0, s>>>(h, B, C, H, W, P, static_cast<float*>(y));
+  else if (out16)
+    patchify_kernel<<<g, kThreads, 0, s>>>(f, B, C, H, W, P, static_cast<uint16_t*>(y));
+  else
+    patchify_kernel<<<g, kThreads, 0, s>>>(f, B, C, H, W, P, static_cast<float*>(y));
   return 1;
 }
 
@@ -775,6 +917,12 @@ int top_k(const float* score, int64_t B, int64_t n, int64_t k, int32_t* idx, cud
   if (B == 0) return 0;
   const size_t smem = static_cast<size_t>(n) * (sizeof(float) + sizeof(int));
   top_k_kernel<<<static_cast<unsigned>(B), 1024, smem, s>>>(score, n, k, idx);
+  return 1;
+}
+
+int argmax_rows(const float* x, int64_t B, int64_t n, int32_t* idx, cudaStream_t s) {
+  if (B == 0) return 0;
+  launch_pdl(argmax_rows_kernel, dim3(static_cast<unsigned>(B)), dim3(1024), 0, s, x, n, idx);
   return 1;
 }
 

@@ -100,6 +100,9 @@ class RefBackend final : public Backend {
         ref::top_k_rows(in[0]->data_as<const float>(), in[0]->dim(0), in[0]->dim(1), n.p.row_end,
                         out.data_as<int32_t>());
         return Status::Ok();
+      case OpKind::kArgmax:
+        ref::argmax_rows(in[0]->data_as<const float>(), in[0]->dim(0), in[0]->dim(1), out.data_as<int32_t>());
+        return Status::Ok();
       case OpKind::kMeanRows: {
         const Shape& s = in[0]->shape();
         const int64_t B = s.ndim == 3 ? s[0] : 1, R = s.ndim == 3 ? s[1] : s[0];

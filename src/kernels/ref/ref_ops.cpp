@@ -74,7 +74,7 @@ Status check_attention_dims(const AttentionDims& a) {
 
 Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Tensor& out) {
   // Index outputs: top_k, and get_rows over an i32 table (the bookkeeping of token pruning).
-  const bool int_out = n.op == OpKind::kTopK || (n.op == OpKind::kGetRows && !in.empty() && in[0] &&
+  const bool int_out = n.op == OpKind::kTopK || n.op == OpKind::kArgmax || (n.op == OpKind::kGetRows && !in.empty() && in[0] &&
                                                  in[0]->dtype() == DType::kI32);
   if (out.dtype() != (int_out ? DType::kI32 : DType::kF32))
     return Unsupported(std::string(op_kind_name(n.op)) + " '" + n.name + "': output dtype " +
@@ -260,6 +260,13 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
         return InvalidArgument("top_k '" + n.name + "': k = " + std::to_string(kk) + " outside [1, " +
                                std::to_string(in[0]->dim(1)) + "]");
       if (os.numel() != in[0]->dim(0) * kk) return mismatch(n, "output " + shp(out) + " for k " + std::to_string(kk));
+      return Status::Ok();
+    }
+    case OpKind::kArgmax: {
+      EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
+      if (in[0]->dtype() != DType::kF32 || in[0]->ndim() != 2 || in[0]->dim(1) < 1)
+        return mismatch(n, "x " + shp(*in[0]) + " must be f32 [B, n] with n >= 1");
+      if (os.numel() != in[0]->dim(0)) return mismatch(n, "output " + shp(out) + " for x " + shp(*in[0]));
       return Status::Ok();
     }
     case OpKind::kMeanRows: {
@@ -476,6 +483,16 @@ void top_k_rows(const float* score, int64_t B, int64_t n, int64_t k, int32_t* id
     });
     std::sort(order.begin(), order.begin() + k);
     for (int64_t i = 0; i < k; ++i) idx[b * k + i] = static_cast<int32_t>(b * n + order[static_cast<size_t>(i)]);
+  }
+}
+
+void argmax_rows(const float* x, int64_t B, int64_t n, int32_t* idx) {
+  for (int64_t b = 0; b < B; ++b) {
+    const float* r = x + b * n;
+    int64_t best = -1;
+    for (int64_t j = 0; j < n; ++j)
+      if (!std::isnan(r[j]) && (best < 0 || r[j] > r[best])) best = j;
+    idx[b] = static_cast<int32_t>(best);
   }
 }
 

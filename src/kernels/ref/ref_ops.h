@@ -92,6 +92,10 @@ void attn_score(const AttentionDims& a, const float* q, const float* k, float* s
 // (ties: lower j first; NaN ranks lowest), written in ascending j to idx [B*k].
 void top_k_rows(const float* score, int64_t B, int64_t n, int64_t k, int32_t* idx);
 
+// graph.h kArgmax: for each row of x [B, n], the column of its highest value (lowest on ties, NaN skipped,
+// -1 when the whole row is NaN), as text::argmax picks greedy tokens.
+void argmax_rows(const float* x, int64_t B, int64_t n, int32_t* idx);
+
 // RoPE tables as transformers' LlamaRotaryEmbedding computes them in float32 (default rope type):
 // inv_freq[i] = 1 / theta^(2i/D) (i < D/2), angle = float(pos) * inv_freq[i] rounded to f32, then cos/sin of
 // that f32 angle. cos_out, sin_out: [D/2] (the second half of HF's cat(freqs, freqs) repeats the first).
