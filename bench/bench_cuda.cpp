@@ -90,8 +90,10 @@ bool has(const std::string& list, const char* w) {  // w is one of the comma-sep
   return l.find(k) != std::string::npos;
 }
 
-std::unique_ptr<ev::Engine> load(const std::string& dir, bool graphs, bool network_only, bool tune = true) {
+std::unique_ptr<ev::Engine> load(const std::string& dir, bool graphs, bool network_only, bool tune = true,
+                                 bool fp8 = false) {
   ev::EngineOptions o;
+  o.cuda_fp8_vision = fp8;
   o.device = g_device;
   o.cuda_graphs = graphs;
   o.cuda_tune_gemms = tune;
@@ -255,6 +257,34 @@ nlohmann::json bench_tile_concurrent(ev::Engine& e1, ev::Engine& e2, int batch, 
   std::printf("  vision 2 executors batch %3d (x2 in flight): %8.0f tiles/s (median of 3 x %d batches each)\n", batch,
               median(rates), repeats);
   std::fflush(stdout);
+  return j;
+}
+
+// How far the FP8 vision GEMMs move the embeddings from the bf16 engine's, on the same 4 tiles.
+nlohmann::json fp8_drift(const std::string& dir, ev::Engine& fp8) {
+  auto ref = load(dir, true, true);
+  const int S = fp8.config().vision.image_size;
+  Tensor px = ev::random_pixels(4, S, 11);
+  auto a = ref->encode_tiles(px);
+  auto b = fp8.encode_tiles(px);
+  if (!a.ok() || !b.ok()) {
+    std::fprintf(stderr, "fp8 drift: %s\n", (a.ok() ? b.status() : a.status()).to_string().c_str());
+    std::exit(1);
+  }
+  double dot = 0, na = 0, nb = 0, md = 0, ma = 0;
+  for (int64_t i = 0; i < a->numel(); ++i) {
+    const double x = a->data_as<float>()[i], y = b->data_as<float>()[i];
+    dot += x * y;
+    na += x * x;
+    nb += y * y;
+    md = std::max(md, std::fabs(x - y));
+    ma = std::max(ma, std::fabs(x));
+  }
+  nlohmann::json j;
+  j["cosine"] = dot / std::sqrt(na * nb);
+  j["max_rel"] = md / ma;
+  std::printf("  fp8 vision against bf16 (4 tiles, connector output): cosine %.6f, max |diff| / max |bf16| %.3e\n",
+              dot / std::sqrt(na * nb), md / ma);
   return j;
 }
 
@@ -630,14 +660,20 @@ int main(int argc, char** argv) {
     // heuristic (vision only: decode runs our GEMVs), direct launches.
     struct Variant {
       const char* label;
-      bool graphs, tune;
+      bool graphs, tune, fp8;
     };
-    for (const Variant& vr : {Variant{"graphs", true, true}, Variant{"untuned", true, false}, Variant{"no-graphs", false, true}}) {
+    for (const Variant& vr : {Variant{"graphs", true, true, false}, Variant{"fp8", true, true, true},
+                              Variant{"untuned", true, false, false}, Variant{"no-graphs", false, true, false}}) {
       const bool graphs = vr.graphs;
       const char* label = vr.label;
-      const bool untuned = !vr.tune;
+      const bool untuned = !vr.tune || vr.fp8;  // vision-only variants
       if (untuned && !has(a.what, "tile") && !has(a.what, "batch")) continue;
-      auto e = load(a.shape_dir, graphs, true, vr.tune);
+      if (vr.fp8) {
+        auto dev = ev::cuda_device_info(0);
+        if (!dev.ok() || dev->sm_major * 10 + dev->sm_minor < 89) continue;
+      }
+      auto e = load(a.shape_dir, graphs, true, vr.tune, vr.fp8);
+      if (vr.fp8) out["fp8_drift"] = fp8_drift(a.shape_dir, *e);
       if (has(a.what, "tile")) out["tile"].push_back(bench_tile(*e, 1, a.repeats, label));
       if (has(a.what, "batch"))
         for (int b : a.batches) out["batch"].push_back(bench_tile(*e, b, std::max(5, a.repeats / 3), label));
@@ -646,7 +682,8 @@ int main(int argc, char** argv) {
         for (int b : a.batches) out["batch"].push_back(bench_tile_concurrent(*e, *e2, b, std::max(5, a.repeats / 3)));
       }
       if (auto st = ev::cuda_run_stats(e->vision_executor()); st.ok() && st->gemm_shapes_tuned > 0)
-        std::printf("    (%s: %d GEMM shapes tuned in %.1f ms)\n", label, st->gemm_shapes_tuned, st->gemm_tuning_s * 1e3);
+        std::printf("    (%s: %d GEMM shapes tuned in %.1f ms; %d FP8 GEMMs in the last run)\n", label,
+                    st->gemm_shapes_tuned, st->gemm_tuning_s * 1e3, st->fp8_gemms);
       if (untuned) continue;
       if (has(a.what, "decode")) {
         if (graphs) {  // programmatic dependent launch off, then on (the default), side by side

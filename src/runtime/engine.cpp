@@ -345,8 +345,9 @@ Status Engine::init_cuda_backend() {
   co.precision = text_prec_;
   EV_ASSIGN_OR_RETURN(backend_, make_cuda_backend(co));
   Backend* vbe = backend_.get();
-  if (vision_prec_ != text_prec_) {
+  if (vision_prec_ != text_prec_ || opt_.cuda_fp8_vision) {
     co.precision = vision_prec_;
+    co.fp8 = opt_.cuda_fp8_vision;
     EV_ASSIGN_OR_RETURN(vision_backend_, make_cuda_backend(co));
     vbe = vision_backend_.get();
   }

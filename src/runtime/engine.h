@@ -49,6 +49,7 @@ struct EngineOptions {
   std::string device = "cpu";
   bool cuda_graphs = true;                // replay runs as CUDA graphs (device cuda)
   bool cuda_tune_gemms = true;            // time cuBLASLt's candidate algorithms per GEMM shape (CudaOptions)
+  bool cuda_fp8_vision = false;           // the vision tower's and connector's GEMMs in FP8 (CudaOptions::fp8)
   // Device cuda: decode steps run one static graph per KV cache (VlmModel::build_decode_step), which the CUDA
   // executor replays as it is: no graph building, planning or capture per token.
   bool static_decode = true;

@@ -538,6 +538,57 @@ TEST(CudaExecutor, PixelsTravelAsBf16ForTheirGemm) {
   EXPECT_LE(rel_err(outs[0], (*r)[y]), 1e-2);
 }
 
+// FP8 GEMMs (e4m3, one scale per tensor) in a vision-style block: LayerNorm -> fc1 + GELU -> fc2 + residual, and
+// the q/k/v GEMMs of one input, against the f32 reference.
+TEST(CudaExecutor, Fp8GemmsFollowTheReference) {
+  REQUIRE_GPU();
+  auto info = ev::cuda_device_info(0);
+  ASSERT_TRUE(info.ok());
+  if (info->sm_major * 10 + info->sm_minor < 89) GTEST_SKIP() << "FP8 GEMMs need sm_89+, this is " << info->describe();
+  Graph g;
+  const int64_t T = 200, E = 256;
+  TensorId x = g.input("x", rnd(Shape{2, T, E}, 400));
+  auto lin = [&](const char* nm, TensorId in, int64_t N, int64_t K, uint32_t seed) {
+    return g.linear(nm, in, g.weight(std::string(nm) + "_w", rnd(Shape{N, K}, seed, 0.1f)),
+                    g.weight(std::string(nm) + "_b", rnd(Shape{N}, seed + 1, 0.1f)));
+  };
+  TensorId h = g.layer_norm("ln", x, g.weight("ln_w", rnd(Shape{E}, 401)), g.weight("ln_b", rnd(Shape{E}, 402)), 1e-6f);
+  TensorId q = lin("q", h, E, E, 403), k = lin("k", h, E, E, 405), v = lin("v", h, E, E, 407);
+  TensorId a = g.attention("attn", q, k, v, 4, 4, 64, 0.125f, false, 0);
+  TensorId x2 = g.add("res1", x, lin("o", a, E, E, 409));
+  TensorId f = g.gelu_tanh("gelu", lin("fc1", x2, 4 * E, E, 411));
+  TensorId y = g.add("res2", x2, lin("fc2", f, E, 4 * E, 413));
+  g.mark_output(y);
+  auto ref = ev::make_ref_backend();
+  ev::Executor ref_ex(ref.get(), nullptr);
+  auto r = ref_ex.run(g);
+  ASSERT_TRUE(r.ok()) << r.status().to_string();
+  ev::CudaOptions o;
+  o.fp8 = true;
+  auto be = ev::make_cuda_backend(o);
+  ASSERT_TRUE(be.ok()) << be.status().to_string();
+  auto ex = ev::make_cuda_executor(be->get(), nullptr);
+  ASSERT_TRUE(ex.ok());
+  for (int run = 0; run < 3; ++run) {  // first run, after tuning (captured again), replayed as it is
+    auto c = (*ex)->run(g);
+    ASSERT_TRUE(c.ok()) << c.status().to_string();
+    const Tensor &got = (*c)[y], &want = (*r)[y];
+    double dot = 0, na = 0, nb = 0;
+    for (int64_t i = 0; i < got.numel(); ++i) {
+      dot += double(got.data_as<float>()[i]) * want.data_as<float>()[i];
+      na += double(got.data_as<float>()[i]) * got.data_as<float>()[i];
+      nb += double(want.data_as<float>()[i]) * want.data_as<float>()[i];
+    }
+    const double err = rel_err(got, want), cos = dot / std::sqrt(na * nb);
+    auto st = ev::cuda_run_stats(**ex);
+    ASSERT_TRUE(st.ok());
+    EXPECT_GE(st->fp8_gemms, 3) << "of q, k, v, o, fc1, fc2 (shapes without an FP8 algorithm keep bf16)";
+    EXPECT_LE(err, 8e-2) << "run " << run;
+    EXPECT_GE(cos, 0.998) << "run " << run;  // e4m3 keeps 3 mantissa bits: ~6% per element before the sums
+    std::printf("[cuda fp8 block] run %d: rel %.2e cosine %.6f, %d fp8 GEMMs\n", run, err, cos, st->fp8_gemms);
+  }
+}
+
 // Greedy picks on the GPU (Engine::decode_greedy, chunks of steps per graph with kArgmax feeding the next
 // embedding) give the tokens of picking on the host after every step; generation uses them by default.
 TEST(CudaExecutor, DeviceGreedyMatchesHostPicks) {

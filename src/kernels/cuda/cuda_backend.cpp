@@ -126,7 +126,7 @@ struct PinnedAlloc {
   }
 };
 
-enum class Use : int { kLinear = 0, kTable = 1, kF32 = 2 };
+enum class Use : int { kLinear = 0, kTable = 1, kF32 = 2, kBias16 = 3 };  // kBias16: bf16 bias of an FP8 GEMM
 
 // A weight as the device holds it.
 struct DevWeight {
@@ -134,6 +134,8 @@ struct DevWeight {
   DType dtype = DType::kF32;        // kF32, kBF16, kF16, kI32 (tables), kI8 (int8 Linear)
   const float* scale = nullptr;     // kI8: per-output-channel scales [N]
   const float* inv_smooth = nullptr;  // kI8: 1 / SmoothQuant factor [K], or nullptr
+  const void* fp8 = nullptr;         // kBF16 with CudaOptions::fp8: an e4m3 copy [N, K] ...
+  const float* fp8_scale = nullptr;  // ... and its scale (device float)
 };
 
 cuda::TableType table_type(DType t) {
@@ -175,6 +177,15 @@ class CudaBackendImpl final : public Backend {
                              precision_name(opt_.precision) + " (int8 comes from a plan or an int8 checkpoint)");
     EV_CU(cudaSetDevice(opt_.device), "selecting device " + std::to_string(opt_.device));
     EV_CU(cuda::init_kernels(), "configuring kernels");
+    if (opt_.fp8) {
+      int major = 0, minor = 0;
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, opt_.device);
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, opt_.device);
+      if (major * 10 + minor < 89)
+        return Unsupported("FP8 GEMMs need compute capability 8.9 or later; device " + std::to_string(opt_.device) +
+                           " is sm_" + std::to_string(major) + std::to_string(minor));
+      if (opt_.precision != Precision::kBF16) return InvalidArgument("FP8 GEMMs replace bf16 ones: use precision bf16");
+    }
     return Status::Ok();
   }
 
@@ -296,6 +307,18 @@ class CudaBackendImpl final : public Backend {
       return Status::Ok();
     }
     const bool is_float = t.dtype() == DType::kF32 || t.dtype() == DType::kBF16 || t.dtype() == DType::kF16;
+    if (use == Use::kBias16 && is_float) {  // cuBLASLt's FP8 GEMMs take a bf16 bias
+      e->w.dtype = DType::kBF16;
+      if (t.dtype() == DType::kBF16) return put(e, t.data(), t.nbytes(), nm, &e->w.data);
+      std::vector<float> f(n);
+      if (t.dtype() == DType::kF32)
+        std::memcpy(f.data(), t.data(), n * 4);
+      else
+        convert_f16_to_f32(t.data_as<const uint16_t>(), f.data(), n);
+      std::vector<uint16_t> h(n);
+      convert_f32_to_bf16(f.data(), h.data(), n);
+      return put(e, h.data(), n * 2, nm + " (bf16 bias)", &e->w.data);
+    }
     if (use == Use::kTable || !is_float) {
       if (!is_float && t.dtype() != DType::kI32)
         return Unsupported(nm + ": dtype " + dtype_name(t.dtype()) + " is not supported by the CUDA backend here");
@@ -304,16 +327,33 @@ class CudaBackendImpl final : public Backend {
     }
     if (use == Use::kLinear && opt_.precision == Precision::kBF16) {
       e->w.dtype = DType::kBF16;
-      if (t.dtype() == DType::kBF16) return put(e, t.data(), t.nbytes(), nm, &e->w.data);
-      std::vector<uint16_t> b(n);
-      if (t.dtype() == DType::kF32) {
-        convert_f32_to_bf16(t.data_as<const float>(), b.data(), n);
+      if (t.dtype() == DType::kBF16) {
+        EV_RETURN_IF_ERROR(put(e, t.data(), t.nbytes(), nm, &e->w.data));
       } else {
-        std::vector<float> f(n);
-        convert_f16_to_f32(t.data_as<const uint16_t>(), f.data(), n);
-        convert_f32_to_bf16(f.data(), b.data(), n);
+        std::vector<uint16_t> b(n);
+        if (t.dtype() == DType::kF32) {
+          convert_f32_to_bf16(t.data_as<const float>(), b.data(), n);
+        } else {
+          std::vector<float> f(n);
+          convert_f16_to_f32(t.data_as<const uint16_t>(), f.data(), n);
+          convert_f32_to_bf16(f.data(), b.data(), n);
+        }
+        EV_RETURN_IF_ERROR(put(e, b.data(), n * 2, nm, &e->w.data));
       }
-      return put(e, b.data(), n * 2, nm, &e->w.data);
+      if (opt_.fp8 && t.ndim() == 2 && t.dim(1) % 16 == 0) {  // e4m3 copy from the bf16 one, on the device
+        DevAlloc q, sc;
+        EV_RETURN_IF_ERROR(q.alloc(std::max<size_t>(n, 16), (nm + " (fp8)").c_str()));
+        EV_RETURN_IF_ERROR(sc.alloc(256, (nm + " (fp8 scale)").c_str()));
+        char* words = static_cast<char*>(sc.p);
+        cuda::to_fp8(e->w.data, true, static_cast<int64_t>(n), static_cast<uint8_t*>(q.p), reinterpret_cast<float*>(words),
+                     reinterpret_cast<unsigned*>(words + 128), nullptr);
+        EV_CU(cudaDeviceSynchronize(), "converting " + nm + " to fp8");
+        e->w.fp8 = q.p;
+        e->w.fp8_scale = reinterpret_cast<const float*>(words);
+        e->allocs.push_back(std::move(q));
+        e->allocs.push_back(std::move(sc));
+      }
+      return Status::Ok();
     }
     e->w.dtype = DType::kF32;
     if (t.dtype() == DType::kF32) return put(e, t.data(), t.nbytes(), nm, &e->w.data);
@@ -337,7 +377,7 @@ class CudaBackendImpl final : public Backend {
 
 // ---- cuBLASLt --------------------------------------------------------------------------------------------------
 
-enum class GemmType : int { kF32 = 0, kBF16 = 1, kI8 = 2 };
+enum class GemmType : int { kF32 = 0, kBF16 = 1, kI8 = 2, kFP8 = 3 };  // kFP8: e4m3 A and B, f32 / bf16 out
 
 class LtGemm {
  public:
@@ -351,8 +391,9 @@ class LtGemm {
   }
   // Y [M, N] (f32, or i32 for kI8, or bf16 with out16) = X [M, K] . W[N, K]^T (+ bias [N], f32) (then GELU, tanh
   // form, with gelu) (+ residual [M, N], f32 via beta = 1).
-  Status run(GemmType t, const void* w, const void* x, void* y, int64_t M, int64_t N, int64_t K, const float* bias,
-             const float* residual, cudaStream_t s, bool out16 = false, bool gelu = false) {
+  Status run(GemmType t, const void* w, const void* x, void* y, int64_t M, int64_t N, int64_t K, const void* bias,
+             const float* residual, cudaStream_t s, bool out16 = false, bool gelu = false,
+             const float* w_scale = nullptr, const float* x_scale = nullptr) {
     const Key key{static_cast<int>(t), M, N, K, bias != nullptr, residual != nullptr, out16, gelu};
     Plan* pp = nullptr;
     EV_RETURN_IF_ERROR(plan_for(key, &pp));
@@ -360,6 +401,12 @@ class LtGemm {
     if (bias)
       EV_LT(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)),
             "setting the bias");
+    if (t == GemmType::kFP8) {  // D = (w_scale * x_scale) (W . X) [+ bias] [GELU] [+ residual]
+      EV_LT(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale, sizeof(w_scale)),
+            "setting the weight scale");
+      EV_LT(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale, sizeof(x_scale)),
+            "setting the input scale");
+    }
     if (t == GemmType::kI8) {
       const int32_t alpha = 1, beta = 0;
       EV_LT(cublasLtMatmul(handle_, p.desc, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.d, &p.algo, workspace_.p,
@@ -444,7 +491,10 @@ class LtGemm {
 
   Status make_plan(const Key& k, Plan* p) {
     const GemmType t = static_cast<GemmType>(k.t);
-    const cudaDataType_t ab = t == GemmType::kF32 ? CUDA_R_32F : t == GemmType::kBF16 ? CUDA_R_16BF : CUDA_R_8I;
+    const cudaDataType_t ab = t == GemmType::kF32    ? CUDA_R_32F
+                              : t == GemmType::kBF16 ? CUDA_R_16BF
+                              : t == GemmType::kFP8  ? CUDA_R_8F_E4M3
+                                                     : CUDA_R_8I;
     const cudaDataType_t cd = t == GemmType::kI8 ? CUDA_R_32I : k.out16 ? CUDA_R_16BF : CUDA_R_32F;
     const cublasComputeType_t ct = t == GemmType::kI8 ? CUBLAS_COMPUTE_32I : CUBLAS_COMPUTE_32F;
     EV_LT(cublasLtMatmulDescCreate(&p->desc, ct, t == GemmType::kI8 ? CUDA_R_32I : CUDA_R_32F), "descriptor");
@@ -456,8 +506,12 @@ class LtGemm {
                                             : CUBLASLT_EPILOGUE_BIAS;
       EV_LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)), "epilogue");
     }
+    if (t == GemmType::kFP8) {  // accumulate in the tensor cores' own precision, without periodic promotion
+      const int8_t fast = 1;
+      EV_LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)), "fast accumulation");
+    }
     if (k.bias) {
-      const cudaDataType_t bt = CUDA_R_32F;
+      const cudaDataType_t bt = t == GemmType::kFP8 ? CUDA_R_16BF : CUDA_R_32F;
       EV_LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)),
             "bias type");
     }
@@ -478,7 +532,7 @@ class LtGemm {
     cublasLtMatmulPreferenceDestroy(pref);
     if (hs != CUBLAS_STATUS_SUCCESS || found == 0)
       return Unsupported(std::string("cuBLASLt has no algorithm for this ") +
-                         (t == GemmType::kI8 ? "int8" : t == GemmType::kBF16 ? "bf16" : "f32") + " GEMM" +
+                         (t == GemmType::kI8 ? "int8" : t == GemmType::kBF16 ? "bf16" : t == GemmType::kFP8 ? "fp8" : "f32") + " GEMM" +
                          (k.bias ? " with a bias epilogue" : "") + " (" + cublasLtGetStatusName(hs) + ")");
     p->algo = res[0].algo;
     for (int i = 0; i < found; ++i)
@@ -509,7 +563,7 @@ Status LtGemm::tune(cudaStream_t s) {
     p.tuned = true;
     --untuned_;
     const GemmType t = static_cast<GemmType>(k.t);
-    const size_t ab = t == GemmType::kF32 ? 4 : t == GemmType::kBF16 ? 2 : 1;
+    const size_t ab = t == GemmType::kF32 ? 4 : t == GemmType::kBF16 ? 2 : 1;  // kI8, kFP8: one byte
     const size_t cd = t == GemmType::kI8 ? 4 : k.out16 ? 2 : 4;
     const size_t wa = round_up(static_cast<size_t>(k.N * k.K) * ab, 256), xb = round_up(static_cast<size_t>(k.K * k.M) * ab, 256);
     const size_t yb = round_up(static_cast<size_t>(k.M * k.N) * cd, 256), bb = round_up(static_cast<size_t>(k.N) * 4, 256);
@@ -589,6 +643,7 @@ class CudaExecutorImpl final : public Executor {
     EV_RETURN_IF_ERROR(lt_.init());
     lt_.set_tuning(be_->options().tune_gemms);
     EV_RETURN_IF_ERROR(err_dev_.alloc(sizeof(cuda::DevError), "the error word"));
+    EV_RETURN_IF_ERROR(fp8_words_.alloc(256, "the FP8 scale words"));
     graphs_ = be_->options().graphs;
     return Status::Ok();
   }
@@ -647,6 +702,7 @@ class CudaExecutorImpl final : public Executor {
     int64_t stage_off = -1;     // host leaf: offset of its bytes in the pinned staging buffer
     bool stage16 = false;       // host leaf (f32) that travels as bf16: only bf16 consumers read it (pixels)
     DevWeight w[3];             // weight inputs, as the device holds them
+    DevWeight bias16;           // Linear with an FP8 weight copy: its bias in bf16 (cuBLASLt's FP8 bias type)
   };
 
   int take_block(size_t bytes) {
@@ -772,6 +828,8 @@ class CudaExecutorImpl final : public Executor {
   size_t scratch_need_ = 0;
   bool any_cpu_ = false;
   int64_t bf16_src_ = -1;  // the node whose bf16 copy the scratch holds (q, k, v Linears share one conversion)
+  bool scratch_fp8_ = false;  // ... or whose e4m3 copy (FP8 GEMMs), its scale in fp8_words_
+  DevAlloc fp8_words_;      // the FP8 input scale [0] and the amax word [128]
   std::vector<std::pair<TensorId, int64_t>> downloads_;  // kept roots and their staging offsets
 };
 
@@ -1104,6 +1162,9 @@ Status CudaExecutorImpl::plan_run(const Graph& g, const ExecOptions& opt) {
       const Node& in = g.node(nd.inputs[s]);
       if (in.op != OpKind::kInput || !in.is_weight || !in.bound.data()) continue;
       EV_ASSIGN_OR_RETURN(plan_[i].w[s], be_->weight(in.bound, CudaBackendImpl::use_of(nd, s)));
+      if (s == 2 && nd.op == OpKind::kLinear && plan_[i].w[1].fp8) {
+        EV_ASSIGN_OR_RETURN(plan_[i].bias16, be_->weight(in.bound, Use::kBias16));
+      }
     }
   }
   // Fusion: Linear -> Add(residual) when the Linear's only consumer is the Add and the shapes agree; attention
@@ -1592,13 +1653,31 @@ Status CudaExecutorImpl::exec_linear(const Graph& g, size_t i, const Node& lin, 
     if (gelu) stats_.kernel_launches += cuda::unary(cuda::Unary::kGeluTanh, y, M * N, y, s);
     return Status::Ok();
   }
+  if (W.dtype == DType::kBF16 && W.fp8 && (bias == nullptr || lp.bias16.data) &&
+      lt_.supported(GemmType::kFP8, M, N, K, bias != nullptr, residual != nullptr, out16, gelu)) {
+    // e4m3 input with its per-tensor scale in the scratch (q, k, v of one input quantise it once).
+    const Loc& xl = loc_[static_cast<size_t>(lin.inputs[0])];
+    float* x_scale = static_cast<float*>(fp8_words_.p);
+    if (bf16_src_ != lin.inputs[0] || !scratch_fp8_) {
+      stats_.kernel_launches += cuda::to_fp8(xl.dev, xl.dtype == DType::kBF16, M * K, static_cast<uint8_t*>(scratch_.p),
+                                             x_scale, reinterpret_cast<unsigned*>(static_cast<char*>(fp8_words_.p) + 128), s);
+      bf16_src_ = lin.inputs[0];
+      scratch_fp8_ = true;
+    }
+    EV_RETURN_IF_ERROR(lt_.run(GemmType::kFP8, W.fp8, scratch_.p, y, M, N, K, bias ? lp.bias16.data : nullptr,
+                               residual, s, out16, gelu, W.fp8_scale, x_scale));
+    ++stats_.kernel_launches;
+    ++stats_.fp8_gemms;
+    return Status::Ok();
+  }
   if (W.dtype == DType::kBF16) {
     const void* xb = loc_[static_cast<size_t>(lin.inputs[0])].dev;
     if (loc_[static_cast<size_t>(lin.inputs[0])].dtype != DType::kBF16) {  // the producer wrote f32: convert once
       xb = scratch_.p;
-      if (bf16_src_ != lin.inputs[0]) {
+      if (bf16_src_ != lin.inputs[0] || scratch_fp8_) {
         stats_.kernel_launches += cuda::f32_to_bf16(x, M * K, static_cast<uint16_t*>(scratch_.p), s);
         bf16_src_ = lin.inputs[0];
+        scratch_fp8_ = false;
       }
     }
     EV_RETURN_IF_ERROR(lt_.run(GemmType::kBF16, W.data, xb, y, M, N, K, bias, residual, s, out16, gelu));

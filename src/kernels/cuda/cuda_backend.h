@@ -58,6 +58,11 @@ struct CudaOptions {
   // Each new GEMM shape runs cuBLASLt's first heuristic once; after that run the executor times the heuristic's
   // candidates (up to 8) on scratch operands of the shape and keeps the fastest (graphs are captured again).
   bool tune_gemms = true;
+  // FP8 GEMMs (sm_89 and later: Ada, Hopper): the bf16 Linears' GEMMs run as e4m3 x e4m3 with one scale per
+  // tensor (weights: amax / 448 at upload; activations: amax / 448 per run, computed on the device), accumulating
+  // in f32 and writing what the bf16 GEMM would (f32 or bf16, with its epilogue). GEMVs (decode) stay bf16.
+  // A shape cuBLASLt has no FP8 algorithm for keeps its bf16 GEMM.
+  bool fp8 = false;
   // Ops this backend must not run (for tests of the CPU fallback, and for bisecting): they go to the fallback.
   std::vector<OpKind> disabled_ops;
 };
@@ -80,6 +85,7 @@ bool cuda_dependent_launch();
 struct CudaRunStats {
   int gpu_nodes = 0, cpu_nodes = 0, fused_nodes = 0;
   int kernel_launches = 0;
+  int fp8_gemms = 0;             // GEMMs run in FP8 (CudaOptions::fp8)
   bool graph_replayed = false;   // the run was launched as a CUDA graph
   bool graph_updated = false;    // ... by updating the previous instantiation in place
   bool replayed_as_is = false;   // ... the same graph as the last run: no planning, no capture (the other counts

@@ -58,6 +58,9 @@ int argmax_rows(const float* x, int64_t B, int64_t n, int32_t* idx, cudaStream_t
 // Precision conversions and the INT8 Linear's pieces (kernels/ref/ref_quant.h rules).
 int f32_to_bf16(const float* x, int64_t n, uint16_t* y, cudaStream_t s);
 // q [M, K] int8 and scale [M] of x [M, K] (optionally times inv_smooth [K], the f32 reciprocals of the factors).
+// x [n] (f32, or bf16 with x16) -> e4m3 q [n] with one scale for the tensor (amax / 448, written to *scale):
+// the FP8 GEMMs' operands. amax_bits: a device word of scratch. Launches a memset and two kernels.
+int to_fp8(const void* x, bool x16, int64_t n, uint8_t* q, float* scale, unsigned* amax_bits, cudaStream_t s);
 int quantize_rows_i8(const float* x, int64_t M, int64_t K, const float* inv_smooth, int8_t* q, float* scale,
                      cudaStream_t s);
 // y[m, n] = fmaf(float(acc[m, n]), sx[m] * sw[n], bias[n] or 0) (+ residual[m, n]).

@@ -2,7 +2,9 @@
 // f32 arithmetic throughout; the reference (kernels/ref) computes some of these in double, so results agree to a
 // few ulp, which the backend-consistency test states as its tolerance.
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 
@@ -511,6 +513,54 @@ __global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t n, int32
   }
 }
 
+// ---- FP8 (e4m3, one scale per tensor) ---------------------------------------------------------------------------
+
+// amax |x| over the tensor into *amax_bits (non-negative floats order as their bit patterns; NaN is skipped).
+template <typename In>
+__global__ void amax_kernel(const In* __restrict__ x, int64_t n, unsigned* __restrict__ amax_bits) {
+  float m = 0.f;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v;
+    if constexpr (sizeof(In) == 2)
+      v = __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
+    else
+      v = x[i];
+    v = fabsf(v);
+    if (v > m) m = v;  // NaN compares false
+  }
+  // One atomic per block (per warp would serialise hundreds of thousands of them on one word).
+  __shared__ float red[32];
+  m = warp_max(m);
+  if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    m = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.f;
+    m = warp_max(m);
+    if (threadIdx.x == 0 && m > 0.f) atomicMax(amax_bits, __float_as_uint(m));
+  }
+}
+
+// q = e4m3(x / scale) with scale = amax / 448 (e4m3's largest finite value; 1 for an all-zero tensor), saturating;
+// the scale goes to *scale for the GEMM, which multiplies it back.
+template <typename In>
+__global__ void to_fp8_kernel(const In* __restrict__ x, int64_t n, const unsigned* __restrict__ amax_bits,
+                              __nv_fp8_storage_t* __restrict__ q, float* __restrict__ scale) {
+  const float amax = __uint_as_float(*amax_bits);
+  const float sc = amax > 0.f && amax < INFINITY ? amax / 448.f : 1.f;
+  const float inv = 1.f / sc;
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale = sc;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v;
+    if constexpr (sizeof(In) == 2)
+      v = __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
+    else
+      v = x[i];
+    q[i] = __nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
 // ---- precision ------------------------------------------------------------------------------------------------
 
 __global__ void f32_to_bf16_kernel(const float* __restrict__ x, int64_t n, uint16_t* __restrict__ y) {
@@ -924,6 +974,21 @@ int argmax_rows(const float* x, int64_t B, int64_t n, int32_t* idx, cudaStream_t
   if (B == 0) return 0;
   launch_pdl(argmax_rows_kernel, dim3(static_cast<unsigned>(B)), dim3(1024), 0, s, x, n, idx);
   return 1;
+}
+
+int to_fp8(const void* x, bool x16, int64_t n, uint8_t* q, float* scale, unsigned* amax_bits, cudaStream_t s) {
+  if (n == 0) return 0;
+  cudaMemsetAsync(amax_bits, 0, sizeof(unsigned), s);
+  const unsigned g = std::min(blocks_for(n, 8), 2048u);  // grid-stride: a few thousand blocks, one atomic each
+  auto* qq = reinterpret_cast<__nv_fp8_storage_t*>(q);
+  if (x16) {
+    amax_kernel<<<g, kThreads, 0, s>>>(static_cast<const uint16_t*>(x), n, amax_bits);
+    to_fp8_kernel<<<g, kThreads, 0, s>>>(static_cast<const uint16_t*>(x), n, amax_bits, qq, scale);
+  } else {
+    amax_kernel<<<g, kThreads, 0, s>>>(static_cast<const float*>(x), n, amax_bits);
+    to_fp8_kernel<<<g, kThreads, 0, s>>>(static_cast<const float*>(x), n, amax_bits, qq, scale);
+  }
+  return 2;
 }
 
 int f32_to_bf16(const float* x, int64_t n, uint16_t* y, cudaStream_t s) {
