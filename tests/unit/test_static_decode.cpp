@@ -18,12 +18,16 @@ namespace {
 
 const std::string kFixtures = EDGEVLM_FIXTURE_DIR;
 
-TEST(StaticDecode, MatchesTheOrdinaryDecodeGraph) {
+ev::EngineOptions f32_options() {
   ev::EngineOptions o;
   o.precision = ev::Precision::kF32;
   o.vision_precision = ev::Precision::kF32;
   o.threads = 2;
-  auto e = ev::Engine::load(kFixtures + "/tiny-smolvlm", o);
+  return o;
+}
+
+TEST(StaticDecode, MatchesTheOrdinaryDecodeGraph) {
+  auto e = ev::Engine::load(kFixtures + "/tiny-smolvlm", f32_options());
   ASSERT_TRUE(e.ok()) << e.status().to_string();
   const ev::VlmModel& m = (*e)->model();
   auto ref = ev::make_ref_backend();
@@ -116,11 +120,7 @@ TEST(StaticDecode, ArgmaxOpPicksLikeTheSampler) {
 // Engine::decode_greedy (chunks of static steps, the argmax feeding the next embedding inside the graph) gives
 // the tokens of picking on the host after each step, whatever the chunk, and leaves the cache where they do.
 TEST(StaticDecode, DeviceGreedyMatchesStepByStepPicks) {
-  ev::EngineOptions o;
-  o.precision = ev::Precision::kF32;
-  o.vision_precision = ev::Precision::kF32;
-  o.threads = 2;
-  auto e = ev::Engine::load(kFixtures + "/tiny-smolvlm", o);
+  auto e = ev::Engine::load(kFixtures + "/tiny-smolvlm", f32_options());
   ASSERT_TRUE(e.ok()) << e.status().to_string();
   const ev::VlmModel& m = (*e)->model();
   const int V = static_cast<int>(m.vocab_size());

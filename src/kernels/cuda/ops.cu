@@ -515,18 +515,16 @@ __global__ void argmax_rows_kernel(const float* __restrict__ x, int64_t n, int32
 
 // ---- FP8 (e4m3, one scale per tensor) ---------------------------------------------------------------------------
 
+__device__ inline float as_f32(float v) { return v; }
+__device__ inline float as_f32(uint16_t bf16) { return __uint_as_float(static_cast<uint32_t>(bf16) << 16); }
+
 // amax |x| over the tensor into *amax_bits (non-negative floats order as their bit patterns; NaN is skipped).
 template <typename In>
 __global__ void amax_kernel(const In* __restrict__ x, int64_t n, unsigned* __restrict__ amax_bits) {
   float m = 0.f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v;
-    if constexpr (sizeof(In) == 2)
-      v = __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
-    else
-      v = x[i];
-    v = fabsf(v);
+    const float v = fabsf(as_f32(x[i]));
     if (v > m) m = v;  // NaN compares false
   }
   // One atomic per block (per warp would serialise hundreds of thousands of them on one word).
@@ -552,12 +550,7 @@ __global__ void to_fp8_kernel(const In* __restrict__ x, int64_t n, const unsigne
   if (blockIdx.x == 0 && threadIdx.x == 0) *scale = sc;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float v;
-    if constexpr (sizeof(In) == 2)
-      v = __uint_as_float(static_cast<uint32_t>(x[i]) << 16);
-    else
-      v = x[i];
-    q[i] = __nv_cvt_float_to_fp8(v * inv, __NV_SATFINITE, __NV_E4M3);
+    q[i] = __nv_cvt_float_to_fp8(as_f32(x[i]) * inv, __NV_SATFINITE, __NV_E4M3);
   }
 }
 
