@@ -56,7 +56,7 @@ struct EngineOptions {
   // Device cuda, static decode, greedy sampling without repetition penalty or token_probs: the picks are made on
   // the device (graph kArgmax feeds the next step's embedding), this many steps per graph run, so that only the
   // chosen ids come down (Engine::decode_greedy); 0: the logits come down and the host picks. On an H200 one step
-  // per run measured fastest (bench_cuda --what decode: 1128 tokens/s at 1, 1021 at 8); with more, the last run of
+  // per run measured fastest (bench_cuda --what decode: 1099 tokens/s at 1, 1041 at 8); with more, the last run of
   // an answer may compute up to greedy_chunk - 1 tokens past the stop.
   int greedy_chunk = 1;
   // > 0: the text model gets a thread pool of its own with this many threads (the vision side keeps `threads`), so
