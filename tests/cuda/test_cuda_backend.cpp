@@ -97,6 +97,12 @@ Engines make(ev::Precision p, std::vector<ev::OpKind> disabled = {}, bool with_f
   return e;
 }
 
+// A Linear [N, K] with bias, random weights of scale w_scale (seed) and bias of scale 0.1 (seed + 1).
+TensorId linear_with_bias(Graph& g, const char* nm, TensorId in, int64_t N, int64_t K, uint32_t seed, float w_scale) {
+  return g.linear(nm, in, g.weight(std::string(nm) + "_w", rnd(Shape{N, K}, seed, w_scale)),
+                  g.weight(std::string(nm) + "_b", rnd(Shape{N}, seed + 1, 0.1f)));
+}
+
 // Runs the graph on both and returns rel_err of output `out`.
 double run_both(Engines& e, const Graph& g, TensorId out, const ev::LinearPlan* plan = nullptr) {
   if (plan) {
@@ -332,8 +338,7 @@ TEST(CudaExecutor, FusedBlockMatchesReference) {
   const int64_t T = 80, E = 128;
   TensorId x = g.input("x", rnd(Shape{2, T, E}, 100));
   auto lin = [&](const char* nm, TensorId in, int64_t N, int64_t K, uint32_t seed) {
-    return g.linear(nm, in, g.weight(std::string(nm) + "_w", rnd(Shape{N, K}, seed, 0.15f)),
-                    g.weight(std::string(nm) + "_b", rnd(Shape{N}, seed + 1, 0.1f)));
+    return linear_with_bias(g, nm, in, N, K, seed, 0.15f);
   };
   TensorId h = g.layer_norm("ln1", x, g.weight("ln1_w", rnd(Shape{E}, 101)), g.weight("ln1_b", rnd(Shape{E}, 102)), 1e-6f);
   TensorId q = lin("q", h, E, E, 103), k = lin("k", h, E, E, 105), v = lin("v", h, E, E, 107);
@@ -549,8 +554,7 @@ TEST(CudaExecutor, Fp8GemmsFollowTheReference) {
   const int64_t T = 200, E = 256;
   TensorId x = g.input("x", rnd(Shape{2, T, E}, 400));
   auto lin = [&](const char* nm, TensorId in, int64_t N, int64_t K, uint32_t seed) {
-    return g.linear(nm, in, g.weight(std::string(nm) + "_w", rnd(Shape{N, K}, seed, 0.1f)),
-                    g.weight(std::string(nm) + "_b", rnd(Shape{N}, seed + 1, 0.1f)));
+    return linear_with_bias(g, nm, in, N, K, seed, 0.1f);
   };
   TensorId h = g.layer_norm("ln", x, g.weight("ln_w", rnd(Shape{E}, 401)), g.weight("ln_b", rnd(Shape{E}, 402)), 1e-6f);
   TensorId q = lin("q", h, E, E, 403), k = lin("k", h, E, E, 405), v = lin("v", h, E, E, 407);

@@ -41,45 +41,40 @@ std::string cu_msg(cudaError_t e) { return std::string(cudaGetErrorName(e)) + " 
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
-// Host copies into the pinned staging buffer: a batch of 512-px tiles is 3 MB of f32 pixels per tile, which one
-// thread copies at ~10 GB/s; large copies are split over threads.
-void staged_copy(void* dst, const void* src, size_t bytes) {
-  constexpr size_t kChunk = size_t(8) << 20;
+// fn(off, len) over [0, n) in parts of at least min_part (multiples of align) on up to 16 threads (half the
+// hardware's), the caller's thread taking the first part.
+template <typename F>
+void split_over_threads(size_t n, size_t min_part, size_t align, F fn) {
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency() / 2);
-  const size_t parts = std::min<size_t>(std::min<size_t>(hw, 16), bytes / kChunk);
+  const size_t parts = std::min<size_t>(std::min<size_t>(hw, 16), n / min_part);
   if (parts < 2) {
-    std::memcpy(dst, src, bytes);
+    fn(size_t(0), n);
     return;
   }
-  const size_t per = round_up((bytes + parts - 1) / parts, 4096);
-  std::vector<std::thread> th;
-  for (size_t p = 1; p < parts; ++p) {
-    const size_t off = p * per;
-    if (off >= bytes) break;
-    th.emplace_back([=] { std::memcpy(static_cast<char*>(dst) + off, static_cast<const char*>(src) + off, std::min(per, bytes - off)); });
-  }
-  std::memcpy(dst, src, std::min(per, bytes));
-  for (auto& t : th) t.join();
-}
-
-// staged_copy for f32 -> bf16 (round to nearest even, as the device's conversion): inputs that travel as bf16.
-void staged_to_bf16(uint16_t* dst, const float* src, size_t n) {
-  constexpr size_t kChunk = size_t(256) << 10;  // elements per thread at least (one 512-px tile: 3 threads)
-  const unsigned hw = std::max(1u, std::thread::hardware_concurrency() / 2);
-  const size_t parts = std::min<size_t>(std::min<size_t>(hw, 16), n / kChunk);
-  if (parts < 2) {
-    convert_f32_to_bf16(src, dst, n);
-    return;
-  }
-  const size_t per = round_up((n + parts - 1) / parts, 1024);
+  const size_t per = round_up((n + parts - 1) / parts, align);
   std::vector<std::thread> th;
   for (size_t p = 1; p < parts; ++p) {
     const size_t off = p * per;
     if (off >= n) break;
-    th.emplace_back([=] { convert_f32_to_bf16(src + off, dst + off, std::min(per, n - off)); });
+    th.emplace_back([=] { fn(off, std::min(per, n - off)); });
   }
-  convert_f32_to_bf16(src, dst, std::min(per, n));
+  fn(size_t(0), std::min(per, n));
   for (auto& t : th) t.join();
+}
+
+// Host copies into the pinned staging buffer: a batch of 512-px tiles is 3 MB of f32 pixels per tile, which one
+// thread copies at ~10 GB/s; large copies are split over threads.
+void staged_copy(void* dst, const void* src, size_t bytes) {
+  split_over_threads(bytes, size_t(8) << 20, 4096, [=](size_t off, size_t len) {
+    std::memcpy(static_cast<char*>(dst) + off, static_cast<const char*>(src) + off, len);
+  });
+}
+
+// staged_copy for f32 -> bf16 (round to nearest even, as the device's conversion): inputs that travel as bf16.
+// At least 256 K elements per thread (one 512-px tile: 3 threads).
+void staged_to_bf16(uint16_t* dst, const float* src, size_t n) {
+  split_over_threads(n, size_t(256) << 10, 1024,
+                     [=](size_t off, size_t len) { convert_f32_to_bf16(src + off, dst + off, len); });
 }
 
 // A device allocation freed with the owner.
