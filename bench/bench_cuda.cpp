@@ -1,7 +1,8 @@
 // bench_cuda: the CUDA backend's targets (issue 7), measured in one run on one GPU.
 //
-//   bench_cuda [--shape-dir DIR] [--student DIR] [--what tile,batch,decode,streams] [--repeats N]
-//              [--batch B]... [--decode-tokens N] [--streams N] [--seconds S] [--workers W] [--json FILE]
+//   bench_cuda [--shape-dir DIR] [--student DIR] [--what attn,tile,batch,decode,streams] [--repeats N]
+//              [--variants graphs,flash2,fp8,untuned,no-graphs] [--batch B]... [--decode-tokens N]
+//              [--streams N] [--seconds S] [--workers W] [--json FILE]
 //
 //  ceilings  bf16 GEMM rate (cuBLASLt through our executor, 8192^3) and device-to-device copy bandwidth.
 //  tile      SmolVLM-256M-shaped vision tower + connector, one 512-px tile, batch 1: wall time of encode_tiles
@@ -12,6 +13,10 @@
 //  decode    the 256M shape's text model at batch 1: 128 greedy tokens after a 64-token prompt (logits down and
 //            argmax on the host every token), tokens per second, CUDA graphs on and off; then with the picks on
 //            the device (Engine::decode_greedy, as generation does on CUDA), chunks of 1-16 steps per graph.
+//  attn      the attention kernels side by side on the vision tower's shape (1024 tokens, 12 heads of 64, bf16 in,
+//            f32 out) at batch 1 and 32: flash2 (mma.sync) and each block shape of flash3 (wgmma, sm_90a), GPU
+//            time by CUDA events, interleaved rounds, TFLOP/s (4 T S D per head), and each one's largest
+//            difference from flash2 relative to flash2's largest output.
 //  streams   N concurrent 30 FPS streams of the shipped student (default 256) for S seconds in real time: each
 //            frame tick, one vision pass batched across the streams (fast head included); latency = batch done -
 //            frame arrival. W language workers (each its own engine and CUDA stream) serve requests that every
@@ -45,6 +50,8 @@
 
 #if defined(EDGEVLM_HAVE_CUDA)
 #include <cuda_runtime.h>
+
+#include "kernels/cuda/cuda_kernels.h"
 #endif
 
 namespace {
@@ -68,6 +75,7 @@ struct Args {
   std::string shape_dir = "/tmp/edgevlm-smolvlm-256m";
   std::string student = "models/road-student";
   std::string what = "tile,batch,decode,streams";
+  std::string variants;  // engine variants to run (labels: graphs,flash2,fp8,untuned,no-graphs); empty: all
   std::string json;
   int repeats = 30;
   std::vector<int> batches;
@@ -154,8 +162,99 @@ nlohmann::json ceilings() {
   return j;
 }
 
+// The attention kernels side by side (see the header).
+nlohmann::json bench_attention(int repeats) {
+  nlohmann::json out = nlohmann::json::array();
+#if defined(EDGEVLM_HAVE_CUDA)
+  namespace cu = ev::cuda;
+  if (cu::init_kernels() != cudaSuccess) return out;
+  std::printf("  attention kernels (flash3 %s)\n", cu::flash3_available() ? "available" : "not in this build / device");
+  const int T = 1024, H = 12, D = 64;
+  for (int B : {1, 32}) {
+    const size_t n = static_cast<size_t>(B) * T * H * D;
+    std::vector<uint16_t> host(n);
+    uint32_t st = 12345u + static_cast<uint32_t>(B);
+    void *q = nullptr, *k = nullptr, *v = nullptr;
+    float *o_ref = nullptr, *o = nullptr;
+    auto fill = [&](void** d, float scale) {
+      for (size_t i = 0; i < n; ++i) {
+        st = st * 1664525u + 1013904223u;
+        const float f = (static_cast<float>(st >> 8) / 16777216.f * 2.f - 1.f) * scale;
+        uint32_t bits;
+        std::memcpy(&bits, &f, 4);
+        host[i] = static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+      }
+      cudaMalloc(d, n * 2);
+      cudaMemcpy(*d, host.data(), n * 2, cudaMemcpyHostToDevice);
+    };
+    fill(&q, 2.f);
+    fill(&k, 2.f);
+    fill(&v, 1.f);
+    cudaMalloc(&o_ref, n * 4);
+    cudaMalloc(&o, n * 4);
+    cudaStream_t s;
+    cudaStreamCreate(&s);
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    auto run = [&](int var, float* dst) {
+      cu::set_flash_variant(var);
+      cu::attention_mixed(q, true, k, true, v, true, B, T, T, H, H, D, 0.125f, false, 0, dst, nullptr, nullptr, s);
+    };
+    run(1, o_ref);
+    cudaStreamSynchronize(s);
+    std::vector<int> vars = {1};
+    if (cu::flash3_available())
+      for (int var = 2; var < cu::flash_variant_count(); ++var) vars.push_back(var);
+    vars.push_back(0);
+    std::vector<std::vector<double>> ms(vars.size());
+    for (int round = 0; round < std::max(3, repeats / 3); ++round)
+      for (size_t i = 0; i < vars.size(); ++i) {
+        run(vars[i], o);  // warm
+        cudaEventRecord(e0, s);
+        for (int r = 0; r < 5; ++r) run(vars[i], o);
+        cudaEventRecord(e1, s);
+        cudaEventSynchronize(e1);
+        float t = 0;
+        cudaEventElapsedTime(&t, e0, e1);
+        ms[i].push_back(t / 5);
+      }
+    std::vector<float> a(n), b(n);
+    cudaMemcpy(a.data(), o_ref, n * 4, cudaMemcpyDeviceToHost);
+    const double flop = 4.0 * B * H * static_cast<double>(T) * T * D;
+    for (size_t i = 0; i < vars.size(); ++i) {
+      run(vars[i], o);
+      cudaStreamSynchronize(s);
+      cudaMemcpy(b.data(), o, n * 4, cudaMemcpyDeviceToHost);
+      double md = 0, mr = 0;
+      for (size_t j = 0; j < n; ++j) {
+        md = std::max(md, std::fabs(static_cast<double>(a[j]) - b[j]));
+        mr = std::max(mr, std::fabs(static_cast<double>(a[j])));
+      }
+      const double t = median(ms[i]);
+      std::printf("    batch %2d  %-16s %8.3f ms  %6.1f TFLOP/s  diff vs flash2 %.2e\n", B,
+                  cu::flash_variant_name(vars[i]), t, flop / (t * 1e-3) / 1e12, md / std::max(mr, 1e-30));
+      out.push_back({{"batch", B}, {"kernel", cu::flash_variant_name(vars[i])}, {"ms", t},
+                     {"TFLOPs", flop / (t * 1e-3) / 1e12}, {"rel_diff_vs_flash2", md / std::max(mr, 1e-30)}});
+    }
+    cu::set_flash_variant(0);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cudaStreamDestroy(s);
+    cudaFree(q);
+    cudaFree(k);
+    cudaFree(v);
+    cudaFree(o_ref);
+    cudaFree(o);
+  }
+#else
+  (void)repeats;
+#endif
+  return out;
+}
+
 // GPU time per op kind of one vision pass (CUDA events around every node; direct launches).
-nlohmann::json profile_vision(ev::Engine& e, int batch) {
+nlohmann::json profile_vision(ev::Engine& e, int batch, const char* label = "") {
   const int S = e.config().vision.image_size;
   ev::Graph g;
   ev::TensorId out = e.model().build_vision(g, g.input("pixels", ev::random_pixels(batch, S, 7)), nullptr);
@@ -179,7 +278,8 @@ nlohmann::json profile_vision(ev::Engine& e, int batch) {
   nlohmann::json j;
   double tot = 0;
   for (const auto& [k, v] : by_op) tot += v.first;
-  std::printf("  vision batch %d, GPU time by op (events, fused, no graphs): total %.3f ms\n", batch, tot * 1e3);
+  std::printf("  vision%s batch %d, GPU time by op (events, fused, no graphs): total %.3f ms\n", label, batch,
+              tot * 1e3);
   for (const auto& [k, v] : by_op) {
     j[k] = {{"ms", v.first * 1e3}, {"nodes", v.second}};
     std::printf("    %-14s %8.3f ms %5.1f%%  (%d nodes)\n", k.c_str(), v.first * 1e3, 100 * v.first / tot, v.second);
@@ -614,6 +714,7 @@ int main(int argc, char** argv) {
     if (k == "--shape-dir") a.shape_dir = val();
     else if (k == "--student") a.student = val();
     else if (k == "--what") a.what = val();
+    else if (k == "--variants") a.variants = val();
     else if (k == "--json") a.json = val();
     else if (k == "--repeats") a.repeats = std::max(1, std::stoi(val()));
     else if (k == "--batch") a.batches.push_back(std::max(1, std::stoi(val())));
@@ -646,6 +747,7 @@ int main(int argc, char** argv) {
   out["device"] = dev->describe();
   out["ceilings"] = ceilings();
   std::printf("  ceilings: %s\n", out["ceilings"].dump().c_str());
+  if (has(a.what, "attn")) out["attention"] = bench_attention(a.repeats);
   if (has(a.what, "tile") || has(a.what, "batch") || has(a.what, "decode")) {
     if (!std::filesystem::exists(a.shape_dir + "/model.safetensors")) {
       const double t0 = ev::now_s();
@@ -658,16 +760,23 @@ int main(int argc, char** argv) {
     }
     // Variants side by side: CUDA graphs with GEMM autotuning (the default), graphs with cuBLASLt's first
     // heuristic (vision only: decode runs our GEMVs), direct launches.
+    // flash2: the graphs variant with the mma.sync attention kernel instead of flash3 (where flash3 runs).
     struct Variant {
       const char* label;
-      bool graphs, tune, fp8;
+      bool graphs, tune, fp8, flash2;
     };
-    for (const Variant& vr : {Variant{"graphs", true, true, false}, Variant{"fp8", true, true, true},
-                              Variant{"untuned", true, false, false}, Variant{"no-graphs", false, true, false}}) {
+    for (const Variant& vr : {Variant{"graphs", true, true, false, false}, Variant{"flash2", true, true, false, true},
+                              Variant{"fp8", true, true, true, false}, Variant{"untuned", true, false, false, false},
+                              Variant{"no-graphs", false, true, false, false}}) {
+      if (!a.variants.empty() && !has(a.variants, vr.label)) continue;
       const bool graphs = vr.graphs;
       const char* label = vr.label;
-      const bool untuned = !vr.tune || vr.fp8;  // vision-only variants
+      const bool untuned = !vr.tune || vr.fp8 || vr.flash2;  // vision-only variants
       if (untuned && !has(a.what, "tile") && !has(a.what, "batch")) continue;
+#if defined(EDGEVLM_HAVE_CUDA)
+      if (vr.flash2 && !ev::cuda::flash3_available()) continue;
+      ev::cuda::set_flash_variant(vr.flash2 ? 1 : 0);  // graphs are captured with the kernel chosen now
+#endif
       if (vr.fp8) {
         auto dev = ev::cuda_device_info(0);
         if (!dev.ok() || dev->sm_major * 10 + dev->sm_minor < 89) continue;
@@ -684,6 +793,10 @@ int main(int argc, char** argv) {
       if (auto st = ev::cuda_run_stats(e->vision_executor()); st.ok() && st->gemm_shapes_tuned > 0)
         std::printf("    (%s: %d GEMM shapes tuned in %.1f ms; %d FP8 GEMMs in the last run)\n", label,
                     st->gemm_shapes_tuned, st->gemm_tuning_s * 1e3, st->fp8_gemms);
+      if (vr.fp8 && has(a.what, "profile")) out["profile_b32_fp8"] = profile_vision(*e, 32, " (FP8 GEMMs)");
+#if defined(EDGEVLM_HAVE_CUDA)
+      ev::cuda::set_flash_variant(0);
+#endif
       if (untuned) continue;
       if (has(a.what, "decode")) {
         if (graphs) {  // programmatic dependent launch off, then on (the default), side by side

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA backend's work on a lent GPU machine, in one command (bench/BENCHMARKS.md "CUDA backend"):
 #   bench/run_cuda_device.sh [STEPS]      STEPS: comma list of build,tests,bench,pytorch,streams (default: all)
+# Environment: BENCH_WHAT (bench_cuda --what), BENCH_ARGS (more bench_cuda arguments, e.g. --variants graphs),
+# WORKERS, STREAMS, STREAM_SECONDS (the streams step).
 # Logs and JSON go to $OUT (default /tmp/evout). Needs carry/cuda-node-deps.tar.xz (scripts/cuda_node.sh pack).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,8 @@ if step tests; then
   grep -E "^\[ *(FAILED|PASSED|SKIPPED) |\[cuda|\[golden|Failure|Expected|Which is|actual|rel " "$OUT/tests.log" | head -120
 fi
 if step bench; then
-  timeout 300 build-node/bench_cuda --what ${BENCH_WHAT:-tile,batch,decode,profile} --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench.log"
+  timeout 300 build-node/bench_cuda --what ${BENCH_WHAT:-attn,tile,batch,decode,profile} ${BENCH_ARGS:-} \
+    --json "$OUT/bench_cuda.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if step pytorch; then
   PYTHONUNBUFFERED=1 timeout 300 python3 bench/pytorch_vlm_ref.py --json "$OUT/pytorch.json" 2>&1 | grep -v Warning | tee "$OUT/pytorch.log"

@@ -29,7 +29,7 @@ case "${1:-}" in
     DIR=${2:-build-node}
     rm -rf "$DEPS" && mkdir -p "$DEPS" && tar -C "$DEPS" -xJf carry/cuda-node-deps.tar.xz
     cmake -S . -B "$DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DEDGEVLM_CUDA=ON -DEDGEVLM_CUDA_NODE=ON \
-      -DEDGEVLM_DEPS_PREFIX="$DEPS" -DCMAKE_CUDA_ARCHITECTURES=90 >"$DIR.configure.log" 2>&1 ||
+      -DEDGEVLM_DEPS_PREFIX="$DEPS" -DCMAKE_CUDA_ARCHITECTURES=90a >"$DIR.configure.log" 2>&1 ||
       { cat "$DIR.configure.log"; exit 1; }
     cmake --build "$DIR" -j "$(nproc)" 2>&1 | grep -E "error|warning: unused|FAILED" || true
     test -x "$DIR/edgevlm_cuda_tests" && test -x "$DIR/bench_cuda"

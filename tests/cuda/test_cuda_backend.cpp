@@ -22,6 +22,9 @@
 #include "graph/executor.h"
 #include "graph/graph.h"
 #include "kernels/cuda/cuda_backend.h"
+#if defined(EDGEVLM_HAVE_CUDA)
+#include "kernels/cuda/cuda_kernels.h"
+#endif
 #include "runtime/engine.h"
 #include "text/sampling.h"
 
@@ -281,6 +284,61 @@ TEST(CudaBackend, EveryOpMatchesReference) {
     EXPECT_LE(err, c.tol) << c.name;
     std::printf("[cuda op] %-28s rel %.2e (tolerance %.0e)\n", c.name, err, c.tol);
   }
+}
+
+// Every tensor-core attention kernel for head_dim 64: flash2 and, where the build and the GPU have sm_90a, each
+// block shape of flash3 (wgmma), on shapes that exercise partial query blocks, key tails, odd and even tile
+// counts, causal masks with a query offset, grouped heads and the log-sum-exp that attn_score reads.
+TEST(CudaBackend, EveryFlashKernelMatchesReference) {
+  REQUIRE_GPU();
+#if defined(EDGEVLM_HAVE_CUDA)
+  struct Reset {
+    ~Reset() { ev::cuda::set_flash_variant(0); }
+  } reset;
+  struct At {
+    const char* name;
+    int64_t B, T, S;
+    int Hq, Hkv;
+    bool causal;
+    int64_t off;
+  };
+  const At cases[] = {{"gqa", 2, 100, 100, 4, 2, false, 0},      {"causal_offset", 1, 70, 75, 4, 4, true, 5},
+                      {"causal_square", 1, 300, 300, 2, 2, true, 0}, {"long_gqa", 1, 1000, 1000, 2, 1, false, 0},
+                      {"odd_tiles", 1, 650, 650, 3, 3, false, 0},  {"few_queries", 2, 37, 650, 2, 2, false, 0},
+                      {"chunked_prefill", 1, 70, 200, 2, 2, true, 130}};
+  int checked = 0;
+  for (int var = 1; var < ev::cuda::flash_variant_count(); ++var) {
+    if (var > 1 && !ev::cuda::flash3_available()) break;
+    ev::cuda::set_flash_variant(var);
+    SCOPED_TRACE(ev::cuda::flash_variant_name(var));
+    for (const At& a : cases) {
+      SCOPED_TRACE(a.name);
+      Engines e = make(ev::Precision::kBF16);
+      ASSERT_TRUE(e.cuda_ex);
+      Graph g;
+      TensorId q = g.input("q", rnd(Shape{a.B, a.T, a.Hq * 64}, 61, 2.f));
+      TensorId k = g.input("k", rnd(Shape{a.B, a.S, a.Hkv * 64}, 62, 2.f));
+      TensorId y = g.attention("y", q, k, g.input("v", rnd(Shape{a.B, a.S, a.Hkv * 64}, 63)), a.Hq, a.Hkv, 64, 0.125f,
+                               a.causal, a.off);
+      g.mark_output(y);
+      EXPECT_LE(run_both(e, g, y), 2e-2);
+      ++checked;
+    }
+    // The row log-sum-exp, through attn_score after the attention that wrote it.
+    Engines e = make(ev::Precision::kBF16);
+    Graph g;
+    TensorId q = g.input("q", rnd(Shape{2, 300, 256}, 64, 2.f));
+    TensorId k = g.input("k", rnd(Shape{2, 300, 256}, 65, 2.f));
+    TensorId a = g.attention("a", q, k, g.input("v", rnd(Shape{2, 300, 256}, 66)), 4, 4, 64, 0.125f, false, 0);
+    g.mark_output(a);
+    TensorId sc = g.attn_score("y", q, k, 4, 4, 64, 0.125f);
+    g.mark_output(sc);
+    EXPECT_LE(run_both(e, g, sc), 2e-2);
+    std::printf("[cuda] %s: %zu attention shapes and the attn_score lse within 2e-2\n",
+                ev::cuda::flash_variant_name(var), sizeof(cases) / sizeof(cases[0]));
+  }
+  EXPECT_GE(checked, static_cast<int>(sizeof(cases) / sizeof(cases[0])));
+#endif
 }
 
 TEST(CudaBackend, ComputeMatchesReferenceNodeByNode) {

@@ -661,6 +661,323 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
   }
 }
 
+// ---- flash3: the Hopper path (sm_90a), wgmma ------------------------------------------------------------------
+// One block of NWG warpgroups (4 warps each, 64 query rows per warpgroup) per (64 * NWG queries, head, batch
+// element), head_dim 64. Q and K/V tiles of BN = 128 keys sit in shared memory in the 128-byte-swizzled layout the
+// warpgroup MMA reads through descriptors: S = Q K^T is wgmma with both operands in shared memory, O += P V takes
+// P from registers (the S accumulator layout is the A fragment layout) and V "N-major" (transposed by the
+// instruction). The MMAs are asynchronous, so each warpgroup overlaps them with its softmax: it issues S for the
+// next key tile and P V for this one, then computes the next tile's softmax while P V still runs on the tensor
+// cores. K/V tiles stream in two stages deep with cp.async; one block barrier per key tile.
+// The online softmax, the masking and the output stores are those of flash2.
+
+#if defined(EDGEVLM_CUDA_SM90A)
+constexpr bool kHaveFlash3 = true;
+#else
+constexpr bool kHaveFlash3 = false;
+#endif
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ inline uint64_t sw128_desc(uint32_t addr, uint32_t lbo, uint32_t sbo) {
+  return static_cast<uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(lbo >> 4) << 16) |
+         (static_cast<uint64_t>(sbo >> 4) << 32) | (1ull << 62);
+}
+
+// 16-byte chunk c of row r of a tile whose rows are 128 bytes (64 bf16), 128-byte swizzle (tiles 1024-aligned).
+__device__ inline uint32_t sw128_offset(int r, int c) { return static_cast<uint32_t>(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+template <int NROWS>
+__device__ inline void load_rows_sw128(uint32_t dst, const __nv_bfloat16* src, int64_t r0, int64_t rows, int64_t ld,
+                                       int tid, int nthreads) {
+  for (int c = tid; c < NROWS * 8; c += nthreads) {
+    const int r = c >> 3, cc = c & 7;
+    const bool ok = r0 + r < rows;
+    const __nv_bfloat16* g = ok ? src + (r0 + r) * ld + cc * 8 : src;
+    const int n = ok ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst + sw128_offset(r, cc)), "l"(g), "r"(n));
+  }
+}
+
+__device__ inline void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ inline void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ inline void wg_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving reads or writes of accumulator registers across a wgmma wait / issue.
+template <int N>
+__device__ inline void fence_acc(float (&a)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    asm volatile("" : "+f"(a[i][0]), "+f"(a[i][1]), "+f"(a[i][2]), "+f"(a[i][3])::"memory");
+}
+
+#define EV_ACC4(a, i) "+f"(a[i][0]), "+f"(a[i][1]), "+f"(a[i][2]), "+f"(a[i][3])
+#define EV_ACC32(a) EV_ACC4(a, 0), EV_ACC4(a, 1), EV_ACC4(a, 2), EV_ACC4(a, 3), EV_ACC4(a, 4), EV_ACC4(a, 5), \
+                    EV_ACC4(a, 6), EV_ACC4(a, 7)
+#define EV_ACC32_HI(a) EV_ACC4(a, 8), EV_ACC4(a, 9), EV_ACC4(a, 10), EV_ACC4(a, 11), EV_ACC4(a, 12), \
+                       EV_ACC4(a, 13), EV_ACC4(a, 14), EV_ACC4(a, 15)
+#define EV_R32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+               "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
+#define EV_R64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, " \
+               "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, " \
+               "%41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, " \
+               "%61, %62, %63}"
+
+// d (+)= A B, m64 n128 k16, A and B from shared memory (both K-major); acc = 0 starts from zero (scale-d).
+__device__ inline void wgmma_ss_n128(float (&d)[16][4], uint64_t da, uint64_t db, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " EV_R64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : EV_ACC32(d), EV_ACC32_HI(d)
+      : "l"(da), "l"(db), "r"(acc));
+}
+// d += A B, m64 n64 k16, A from registers (the mma.sync A fragment of each warp's 16 rows), B N-major in shared
+// memory (transposed by the instruction).
+__device__ inline void wgmma_rs_n64_t(float (&d)[8][4], const uint32_t (&a)[4], uint64_t db) {
+  asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " EV_R32
+               ", {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
+               : EV_ACC32(d)
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+#undef EV_ACC4
+#undef EV_ACC32
+#undef EV_ACC32_HI
+#undef EV_R32
+#undef EV_R64
+#endif
+
+template <int NWG, int BN>
+struct Flash3Layout {
+  static constexpr int BQ = 64 * NWG;
+  static constexpr size_t q = static_cast<size_t>(BQ) * 128;  // 64 bf16 = 128 bytes per row
+  static constexpr size_t kv = static_cast<size_t>(BN) * 128;
+  static constexpr size_t bytes = 1024 + q + 4 * kv;  // 1024: room to align the base; Q, K x 2, V x 2
+};
+
+template <int NWG, int BN>
+__global__ void __launch_bounds__(128 * NWG, 1)
+    flash3_kernel(const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                  const __nv_bfloat16* __restrict__ v, int64_t T, int64_t S, int Hq, int Hkv, float scale_log2,
+                  int causal, int64_t q_offset, void* __restrict__ out_v, int out16, float* __restrict__ lse) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(BN == 128, "the S MMA is m64n128k16");
+  constexpr int D = 64;
+  constexpr int NS = BN / 8;  // n8 tiles of a score row block
+  constexpr int NT = D / 8;   // n8 tiles of the output
+  using L = Flash3Layout<NWG, BN>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const uint32_t base = (smem_u32(smem) + 1023u) & ~1023u;  // the swizzle atoms need 1024-byte alignment
+  const uint32_t Qs = base, Ks = base + static_cast<uint32_t>(L::q), Vs = Ks + 2 * static_cast<uint32_t>(L::kv);
+  const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * L::BQ;
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int64_t qld = static_cast<int64_t>(Hq) * D, kld = static_cast<int64_t>(Hkv) * D;
+  const __nv_bfloat16* qb = q + b * T * qld + static_cast<int64_t>(h) * D;
+  const __nv_bfloat16* kb = k + b * S * kld + static_cast<int64_t>(hk) * D;
+  const __nv_bfloat16* vb = v + b * S * kld + static_cast<int64_t>(hk) * D;
+
+  const int64_t last_row = (i0 + L::BQ < T ? i0 + L::BQ : T) - 1;
+  int64_t n_keys = S;
+  if (causal && q_offset + last_row + 1 < S) n_keys = q_offset + last_row + 1;
+  const int n_tiles = static_cast<int>((n_keys + BN - 1) / BN);
+  const int nth = 128 * NWG;
+
+  // Prologue: group 0 = Q and K_0, group 1 = K_1 and V_0.
+  load_rows_sw128<L::BQ>(Qs, qb, i0, T, qld, tid, nth);
+  if (n_tiles > 0) load_rows_sw128<BN>(Ks, kb, 0, S, kld, tid, nth);
+  cp_async_commit();
+  if (n_tiles > 1) load_rows_sw128<BN>(Ks + L::kv, kb, BN, S, kld, tid, nth);
+  if (n_tiles > 0) load_rows_sw128<BN>(Vs, vb, 0, S, kld, tid, nth);
+  cp_async_commit();
+
+  const int lr = lane >> 2, lc = (lane & 3) * 2;
+  const int64_t row0 = i0 + 64 * wg + 16 * warp;  // this warp's first row
+  const int64_t row_a = row0 + lr, row_b = row_a + 8;
+  int64_t lim_a = causal ? q_offset + row_a + 1 : S, lim_b = causal ? q_offset + row_b + 1 : S;
+  if (lim_a > S) lim_a = S;
+  if (lim_b > S) lim_b = S;
+  int64_t lim_lo = causal ? q_offset + row0 + 1 : S;  // keys every row of the warp may see
+  if (lim_lo > S) lim_lo = S;
+
+  const uint32_t q_wg = Qs + static_cast<uint32_t>(64 * wg * 128);
+  float s[NS][4];
+  float o[NT][4];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.f;
+  float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+  uint32_t p0[BN / 16][4], p1[BN / 16][4];
+
+  // S = Q K_t^T into s (asynchronous; the caller waits).
+  auto issue_s = [&](int t) {
+    const uint32_t kt = Ks + static_cast<uint32_t>((t & 1) * L::kv);
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc)
+      wgmma_ss_n128(s, sw128_desc(q_wg + 32 * kc, 16, 1024), sw128_desc(kt + 32 * kc, 16, 1024), kc > 0 ? 1 : 0);
+  };
+  // The online softmax of key tile t (s holds its raw scores): p = its bf16 probabilities (A fragments), l and m updated; returns
+  // the factors that rescale O.
+  auto softmax = [&](int t, uint32_t(&p)[BN / 16][4], float& al_a, float& al_b) {
+    const int64_t j0 = static_cast<int64_t>(t) * BN;
+    const bool full = scale_log2 > 0.f && j0 + BN <= lim_lo;
+    float mx_a = -INFINITY, mx_b = -INFINITY;
+    if (full) {
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+        mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
+        mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
+      }
+      mx_a *= scale_log2;
+      mx_b *= scale_log2;
+    } else {
+      const int ja = static_cast<int>(lim_a - j0), jb = static_cast<int>(lim_b - j0);
+#pragma unroll
+      for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int j = nt * 8 + lc + e;
+          s[nt][e] = j < ja ? s[nt][e] * scale_log2 : -INFINITY;
+          s[nt][2 + e] = j < jb ? s[nt][2 + e] * scale_log2 : -INFINITY;
+          mx_a = fmaxf(mx_a, s[nt][e]);
+          mx_b = fmaxf(mx_b, s[nt][2 + e]);
+        }
+      }
+    }
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+    const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+    al_a = fast_exp2(m_a - mu_a);
+    al_b = fast_exp2(m_b - mu_b);
+    const float sl = full ? scale_log2 : 1.f;
+    float rs_a = 0.f, rs_b = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+      float pa[4], pb[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {  // e: column pair (tile 2kk, 2kk + 1) x element
+        const int nt = 2 * kk + (e >> 1), c = e & 1;
+        pa[e] = fast_exp2(fmaf(s[nt][c], sl, -mu_a));
+        pb[e] = fast_exp2(fmaf(s[nt][2 + c], sl, -mu_b));
+        rs_a += pa[e];
+        rs_b += pb[e];
+      }
+      p[kk][0] = pack_bf16(pa[0], pa[1]);
+      p[kk][1] = pack_bf16(pb[0], pb[1]);
+      p[kk][2] = pack_bf16(pa[2], pa[3]);
+      p[kk][3] = pack_bf16(pb[2], pb[3]);
+    }
+    rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 1);
+    rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 2);
+    rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 1);
+    rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 2);
+    l_a = l_a * al_a + rs_a;
+    l_b = l_b * al_b + rs_b;
+    m_a = mn_a;
+    m_b = mn_b;
+  };
+
+  if (n_tiles > 0) {
+    cp_async_wait<1>();
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+    wg_fence();
+    issue_s(0);
+    wg_commit();
+    wg_wait<0>();
+    fence_acc(s);
+    float al_a, al_b;
+    softmax(0, p0, al_a, al_b);
+  }
+  // Key tile t of a steady-state step (a tile t + 1 follows): S_{t+1} and P_t V_t issued together, then the
+  // softmax of S_{t+1} (into pn) while P_t V_t still runs. pc / pn alternate between two register arrays (the
+  // loop is unrolled by two), so the next tile's probabilities never overwrite the ones the in-flight MMA reads.
+  // The last tile (last) has only P V. No branch between an MMA's issue and its wait: ptxas then keeps the
+  // MMAs asynchronous.
+  auto begin_tile = [&](int t) {
+    cp_async_wait<0>();  // K_{t+1} and V_t
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();  // every warpgroup is done with K_t and V_{t-1}: their stages take K_{t+2} and V_{t+1}
+    if (t + 2 < n_tiles)
+      load_rows_sw128<BN>(Ks + (t & 1) * L::kv, kb, static_cast<int64_t>(t + 2) * BN, S, kld, tid, nth);
+    if (t + 1 < n_tiles)
+      load_rows_sw128<BN>(Vs + ((t + 1) & 1) * L::kv, vb, static_cast<int64_t>(t + 1) * BN, S, kld, tid, nth);
+    cp_async_commit();
+    fence_acc(o);
+    wg_fence();
+  };
+  auto issue_pv = [&](int t, const uint32_t(&pc)[BN / 16][4]) {
+    const uint32_t vt = Vs + static_cast<uint32_t>((t & 1) * L::kv);
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) wgmma_rs_n64_t(o, pc[kk], sw128_desc(vt + kk * 2048, BN * 128, 1024));
+    wg_commit();
+  };
+  auto step = [&](int t, uint32_t(&pc)[BN / 16][4], uint32_t(&pn)[BN / 16][4]) {
+    begin_tile(t);
+    issue_s(t + 1);
+    wg_commit();
+    issue_pv(t, pc);
+    wg_wait<1>();
+    fence_acc(s);
+    float al_a, al_b;
+    softmax(t + 1, pn, al_a, al_b);
+    wg_wait<0>();
+    fence_acc(o);
+#pragma unroll
+    for (int dt = 0; dt < NT; ++dt) {
+      o[dt][0] *= al_a;
+      o[dt][1] *= al_a;
+      o[dt][2] *= al_b;
+      o[dt][3] *= al_b;
+    }
+  };
+  auto last = [&](int t, uint32_t(&pc)[BN / 16][4]) {
+    begin_tile(t);
+    issue_pv(t, pc);
+    wg_wait<0>();
+    fence_acc(o);
+  };
+  int t = 0;
+  for (; t + 2 < n_tiles; t += 2) {
+    step(t, p0, p1);
+    step(t + 1, p1, p0);
+  }
+  if (t + 1 < n_tiles) {
+    step(t, p0, p1);
+    last(t + 1, p1);
+  } else if (t < n_tiles) {
+    last(t, p0);
+  }
+  cp_async_wait<0>();
+  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
+  auto store = [&](int64_t row, int half, float inv) {
+    const int64_t off = (b * T + row) * qld + static_cast<int64_t>(h) * D;
+    if (out16) {
+      uint32_t* orow = reinterpret_cast<uint32_t*>(static_cast<__nv_bfloat16*>(out_v) + off);
+#pragma unroll
+      for (int dt = 0; dt < NT; ++dt) orow[(dt * 8 + lc) / 2] = pack_bf16(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    } else {
+      float* orow = static_cast<float*>(out_v) + off;
+#pragma unroll
+      for (int dt = 0; dt < NT; ++dt)
+        *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    }
+  };
+  if (row_a < T) {
+    store(row_a, 0, inv_a);
+    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_a] = l_a > 0.f ? m_a + log2f(l_a) : -INFINITY;
+  }
+  if (row_b < T) {
+    store(row_b, 1, inv_b);
+    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_b] = l_b > 0.f ? m_b + log2f(l_b) : -INFINITY;
+  }
+#endif
+}
+
 int g_sms = 132;  // multiprocessors of the device (init_kernels)
 
 template <int D>
@@ -677,6 +994,54 @@ void launch_flash2(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bf
   const dim3 grid(static_cast<unsigned>((T + 63) / 64), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
   flash2_kernel<D, 4><<<grid, 128, Flash2Layout<D, 4>::bytes, s>>>(q, k, v, T, S, Hq, Hkv, scale_log2,
                                                                   causal ? 1 : 0, q_offset, out, out16 ? 1 : 0, lse);
+}
+
+using Flash3Fn = void (*)(const __nv_bfloat16*, const __nv_bfloat16*, const __nv_bfloat16*, int64_t, int64_t, int,
+                          int, float, int, int64_t, void*, int, float*);
+struct Flash3Kernel {
+  int nwg;
+  Flash3Fn fn;
+  size_t smem;
+  const char* name;
+};
+template <int NWG, int BN>
+constexpr Flash3Kernel f3(const char* name) {
+  return {NWG, &flash3_kernel<NWG, BN>, Flash3Layout<NWG, BN>::bytes, name};
+}
+// set_flash_variant ids 2.. (1: flash2), named by the block's queries x keys per tile. Measured on the H200
+// (bench_cuda --what attn): 64x128 is the fastest for one tile (192 blocks), 192x128 once the grid has a block
+// for every SM and more; 64-key tiles were slower in every shape, and so was computing part of the exponentials
+// with a polynomial on the FMA pipe (bench/BENCHMARKS.md).
+const Flash3Kernel kFlash3[] = {f3<1, 128>("flash3 64x128"), f3<2, 128>("flash3 128x128"),
+                                f3<3, 128>("flash3 192x128")};
+constexpr int kFlashVariants = 2 + static_cast<int>(sizeof(kFlash3) / sizeof(kFlash3[0]));
+constexpr int kFlash3Small = 2, kFlash3Big = 4;  // the automatic choice for grids below / above one block per SM
+int g_flash_variant = 0;
+bool g_sm90 = false;  // the device is sm_90 (init_kernels): the sm_90a kernels run
+
+void launch_flash3(const Flash3Kernel& kr, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                   int64_t B, int64_t T, int64_t S, int Hq, int Hkv, float scale_log2, bool causal, int64_t q_offset,
+                   void* out, float* lse, cudaStream_t s, bool out16) {
+  const int64_t bq = 64 * kr.nwg;
+  const dim3 grid(static_cast<unsigned>((T + bq - 1) / bq), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
+  kr.fn<<<grid, 128 * kr.nwg, kr.smem, s>>>(q, k, v, T, S, Hq, Hkv, scale_log2, causal ? 1 : 0, q_offset, out,
+                                            out16 ? 1 : 0, lse);
+}
+
+// The tensor-core attention: flash3 for head_dim 64 where the build and the device have sm_90a, else flash2.
+template <int D>
+void launch_tc(const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, int64_t B, int64_t T,
+               int64_t S, int Hq, int Hkv, float scale_log2, bool causal, int64_t q_offset, void* out, float* lse,
+               cudaStream_t s, bool out16 = false) {
+  if constexpr (D == 64) {
+    if (kHaveFlash3 && g_sm90 && g_flash_variant != 1) {
+      int var = g_flash_variant;
+      if (var == 0) var = ((T + 191) / 192) * Hq * B >= g_sms ? kFlash3Big : kFlash3Small;
+      launch_flash3(kFlash3[var - 2], q, k, v, B, T, S, Hq, Hkv, scale_log2, causal, q_offset, out, lse, s, out16);
+      return;
+    }
+  }
+  launch_flash2<D>(q, k, v, B, T, S, Hq, Hkv, scale_log2, causal, q_offset, out, lse, s, out16);
 }
 
 // bf16 copies for the tensor-core kernels: the one conversion kernel of the backend (ops.cu).
@@ -728,12 +1093,14 @@ cudaError_t init_kernels() {
   raise(reinterpret_cast<const void*>(&flash2_kernel<32, 8>), Flash2Layout<32, 8>::bytes);
   raise(reinterpret_cast<const void*>(&flash2_kernel<64, 8>), Flash2Layout<64, 8>::bytes);
   raise(reinterpret_cast<const void*>(&flash2_kernel<128, 8>), Flash2Layout<128, 8>::bytes);
+  for (const Flash3Kernel& kr : kFlash3) raise(reinterpret_cast<const void*>(kr.fn), kr.smem);
   int dev = 0, sms = 0, major = 0;
   if (e == cudaSuccess && cudaGetDevice(&dev) == cudaSuccess &&
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) == cudaSuccess && sms > 0)
     g_sms = sms;
   if (e == cudaSuccess && cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess)
     g_pdl = major >= 9;
+  g_sm90 = e == cudaSuccess && major == 9;
   raise(reinterpret_cast<const void*>(&score_kernel<32>), FlashLayout<32>::score_bytes);
   raise(reinterpret_cast<const void*>(&score_kernel<64>), FlashLayout<64>::score_bytes);
   raise(reinterpret_cast<const void*>(&score_kernel<128>), FlashLayout<128>::score_bytes);
@@ -763,9 +1130,9 @@ int attention(const float* q, const float* k, const float* v, int64_t B, int64_t
     to_bf16(k, B * S * Hkv * D, kb, s);
     to_bf16(v, B * S * Hkv * D, vb, s);
     switch (D) {
-      case 32: launch_flash2<32>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
-      case 64: launch_flash2<64>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
-      default: launch_flash2<128>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
+      case 32: launch_tc<32>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
+      case 64: launch_tc<64>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
+      default: launch_tc<128>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s); break;
     }
     return 4;
   }
@@ -814,9 +1181,9 @@ int attention_mixed(const void* q, bool q16, const void* k, bool k16, const void
   const __nv_bfloat16* vb = as16(v, v16, nk, r(static_cast<size_t>(nq) * 2) + r(static_cast<size_t>(nk) * 2));
   const float sl2 = scale * kLog2e;
   switch (D) {
-    case 32: launch_flash2<32>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
-    case 64: launch_flash2<64>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
-    default: launch_flash2<128>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
+    case 32: launch_tc<32>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
+    case 64: launch_tc<64>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
+    default: launch_tc<128>(qb, kb, vb, B, T, S, Hq, Hkv, sl2, causal, q_offset, out, lse, s, out16); break;
   }
   return launches;
 }
@@ -834,5 +1201,15 @@ int attn_score_from_lse(const float* q, const float* k, const float* lse, int64_
   }
   return 2;
 }
+
+void set_flash_variant(int v) { g_flash_variant = v >= 0 && v < kFlashVariants ? v : 0; }
+int flash_variant() { return g_flash_variant; }
+int flash_variant_count() { return kFlashVariants; }
+const char* flash_variant_name(int v) {
+  if (v == 0) return "auto";
+  if (v == 1) return "flash2";
+  return v > 1 && v < kFlashVariants ? kFlash3[v - 2].name : "?";
+}
+bool flash3_available() { return kHaveFlash3 && g_sm90; }
 
 }  // namespace ev::cuda

@@ -97,6 +97,16 @@ bool attention_uses_flash(int64_t T, int D);
 int attn_score_from_lse(const float* q, const float* k, const float* lse, int64_t B, int64_t T, int64_t S, int Hq,
                         int Hkv, int D, float scale, float* score, cudaStream_t s);
 
+// Which tensor-core kernel serves attention of head_dim 64 (the benchmark and the tests compare them): 0 =
+// automatic (flash3, the wgmma kernel, where the build has sm_90a code and the device is sm_90; else flash2),
+// 1 = flash2, 2 .. flash_variant_count() - 1 = one block shape of flash3 (flash_variant_name). Process-wide; a
+// CUDA graph captured before a change keeps the kernel it was captured with.
+void set_flash_variant(int v);
+int flash_variant();
+int flash_variant_count();
+const char* flash_variant_name(int v);
+bool flash3_available();
+
 // One-time setup (shared-memory limits of the kernels that need more than 48 KB; whether the device has
 // programmatic dependent launch).
 cudaError_t init_kernels();
