@@ -1,12 +1,13 @@
 // bench_cuda: the CUDA backend's targets (issue 7), measured in one run on one GPU.
 //
 //   bench_cuda [--shape-dir DIR] [--student DIR] [--what attn,tile,batch,decode,streams] [--repeats N]
-//              [--variants graphs,flash2,fp8,untuned,no-graphs] [--batch B]... [--decode-tokens N]
+//              [--variants graphs,u8,flash2,fp8,untuned,no-graphs] [--batch B]... [--decode-tokens N]
 //              [--streams N] [--seconds S] [--workers W] [--json FILE]
 //
 //  ceilings  bf16 GEMM rate (cuBLASLt through our executor, 8192^3) and device-to-device copy bandwidth.
 //  tile      SmolVLM-256M-shaped vision tower + connector, one 512-px tile, batch 1: wall time of encode_tiles
-//            (pixels up, embeddings down, synchronised), median of --repeats, CUDA graphs on and off.
+//            (pixels up, embeddings down, synchronised), median of --repeats, CUDA graphs on and off; variant u8:
+//            the tiles as u8 frames (a quarter of the f32 bytes to stage, half of the bf16 upload).
 //  batch     the same at batch B (default 32, 64): tiles per second; GEMM autotuning on and off; and two engines
 //            (two executors, two CUDA streams) encoding on two threads at once, so that the host work of one
 //            overlaps the GPU work of the other.
@@ -18,10 +19,10 @@
 //            time by CUDA events, interleaved rounds, TFLOP/s (4 T S D per head), and each one's largest
 //            difference from flash2 relative to flash2's largest output.
 //  streams   N concurrent 30 FPS streams of the shipped student (default 256) for S seconds in real time: each
-//            frame tick, one vision pass batched across the streams (fast head included); latency = batch done -
-//            frame arrival. W language workers (each its own engine and CUDA stream) serve requests that every
-//            stream issues at 5 Hz on its newest frame (prompt prefill + 32 tokens), up to --lang-batch of them
-//            decoded together (Engine::generate_batch): achieved rate per stream and latency.
+//            frame tick, one vision pass batched across the streams (u8 frames, fast head included); latency =
+//            batch done - frame arrival. W language workers (each its own engine and CUDA stream) serve requests
+//            that every stream issues at 5 Hz on its newest frame (prompt prefill + 32 tokens), up to --lang-batch
+//            of them decoded together (Engine::generate_batch): achieved rate per stream and latency.
 // The 256M model is written with random weights (tools/random_model.h) into --shape-dir if it has none.
 #include <algorithm>
 #include <atomic>
@@ -75,7 +76,7 @@ struct Args {
   std::string shape_dir = "/tmp/edgevlm-smolvlm-256m";
   std::string student = "models/road-student";
   std::string what = "tile,batch,decode,streams";
-  std::string variants;  // engine variants to run (labels: graphs,flash2,fp8,untuned,no-graphs); empty: all
+  std::string variants;  // engine variants to run (labels: graphs,u8,flash2,fp8,untuned,no-graphs); empty: all
   std::string json;
   int repeats = 30;
   std::vector<int> batches;
@@ -287,9 +288,14 @@ nlohmann::json profile_vision(ev::Engine& e, int batch, const char* label = "") 
   return j;
 }
 
-nlohmann::json bench_tile(ev::Engine& e, int batch, int repeats, const char* label) {
+// u8: the tiles as u8 frames [batch, S, S, 3] (Engine::encode_tiles' frame input) instead of f32 pixels.
+Tensor test_pixels(int batch, int S, uint64_t seed, bool u8) {
+  return u8 ? ev::random_frames_u8(batch, S, seed) : ev::random_pixels(batch, S, seed);
+}
+
+nlohmann::json bench_tile(ev::Engine& e, int batch, int repeats, const char* label, bool u8 = false) {
   const int S = e.config().vision.image_size;
-  Tensor px = ev::random_pixels(batch, S, 7);
+  Tensor px = test_pixels(batch, S, 7, u8);
   for (int w = 0; w < 3; ++w) (void)e.encode_tiles(px);
   std::vector<double> t;
   for (int r = 0; r < repeats; ++r) {
@@ -325,9 +331,9 @@ nlohmann::json bench_tile(ev::Engine& e, int batch, int repeats, const char* lab
 
 // Batched vision from two engines (two executors, two CUDA streams) on two host threads: one's host work (pixel
 // staging, result tensors) overlaps the other's GPU work, as a vision stage serving two camera groups would run.
-nlohmann::json bench_tile_concurrent(ev::Engine& e1, ev::Engine& e2, int batch, int repeats) {
+nlohmann::json bench_tile_concurrent(ev::Engine& e1, ev::Engine& e2, int batch, int repeats, bool u8 = false) {
   const int S = e1.config().vision.image_size;
-  Tensor px1 = ev::random_pixels(batch, S, 7), px2 = ev::random_pixels(batch, S, 8);
+  Tensor px1 = test_pixels(batch, S, 7, u8), px2 = test_pixels(batch, S, 8, u8);
   for (int w = 0; w < 3; ++w) {
     (void)e1.encode_tiles(px1);
     (void)e2.encode_tiles(px2);
@@ -352,10 +358,10 @@ nlohmann::json bench_tile_concurrent(ev::Engine& e1, ev::Engine& e2, int batch, 
   }
   nlohmann::json j;
   j["batch"] = batch;
-  j["graphs"] = "two-executors";
+  j["graphs"] = u8 ? "two-executors-u8" : "two-executors";
   j["tiles_per_s"] = median(rates);
-  std::printf("  vision 2 executors batch %3d (x2 in flight): %8.0f tiles/s (median of 3 x %d batches each)\n", batch,
-              median(rates), repeats);
+  std::printf("  vision 2 executors%s batch %3d (x2 in flight): %8.0f tiles/s (median of 3 x %d batches each)\n",
+              u8 ? " (u8 frames)" : "", batch, median(rates), repeats);
   std::fflush(stdout);
   return j;
 }
@@ -541,7 +547,8 @@ nlohmann::json bench_streams(const Args& a) {
   const int N = a.streams;
   const int S = vision->config().vision.image_size;
   const double period = 1.0 / 30.0, lang_period = 0.2;
-  Tensor px = ev::random_pixels(N, S, 11);  // the streams' frames (the pass costs the same for any pixels)
+  // The streams' frames as a camera delivers them, u8 RGB (the pass costs the same for any pixels).
+  Tensor px = ev::random_frames_u8(N, S, 11);
   std::vector<std::unique_ptr<ev::Engine>> lang;
   for (int w = 0; w < a.workers; ++w) lang.push_back(load(a.student, true, false));
   const nlohmann::json messages = ev::Engine::user_turn(1, vision->describe_prompt()).value();
@@ -760,18 +767,20 @@ int main(int argc, char** argv) {
     }
     // Variants side by side: CUDA graphs with GEMM autotuning (the default), graphs with cuBLASLt's first
     // heuristic (vision only: decode runs our GEMVs), direct launches.
-    // flash2: the graphs variant with the mma.sync attention kernel instead of flash3 (where flash3 runs).
+    // flash2: the graphs variant with the mma.sync attention kernel instead of flash3 (where flash3 runs); u8: the
+    // graphs variant fed u8 frames (normalisation folded into the patch embedding) instead of f32 tiles.
     struct Variant {
       const char* label;
-      bool graphs, tune, fp8, flash2;
+      bool graphs, tune, fp8, flash2, u8;
     };
-    for (const Variant& vr : {Variant{"graphs", true, true, false, false}, Variant{"flash2", true, true, false, true},
-                              Variant{"fp8", true, true, true, false}, Variant{"untuned", true, false, false, false},
-                              Variant{"no-graphs", false, true, false, false}}) {
+    for (const Variant& vr :
+         {Variant{"graphs", true, true, false, false, false}, Variant{"u8", true, true, false, false, true},
+          Variant{"flash2", true, true, false, true, false}, Variant{"fp8", true, true, true, false, false},
+          Variant{"untuned", true, false, false, false, false}, Variant{"no-graphs", false, true, false, false, false}}) {
       if (!a.variants.empty() && !has(a.variants, vr.label)) continue;
       const bool graphs = vr.graphs;
       const char* label = vr.label;
-      const bool untuned = !vr.tune || vr.fp8 || vr.flash2;  // vision-only variants
+      const bool untuned = !vr.tune || vr.fp8 || vr.flash2 || vr.u8;  // vision-only variants
       if (untuned && !has(a.what, "tile") && !has(a.what, "batch")) continue;
 #if defined(EDGEVLM_HAVE_CUDA)
       if (vr.flash2 && !ev::cuda::flash3_available()) continue;
@@ -783,12 +792,13 @@ int main(int argc, char** argv) {
       }
       auto e = load(a.shape_dir, graphs, true, vr.tune, vr.fp8);
       if (vr.fp8) out["fp8_drift"] = fp8_drift(a.shape_dir, *e);
-      if (has(a.what, "tile")) out["tile"].push_back(bench_tile(*e, 1, a.repeats, label));
+      if (has(a.what, "tile")) out["tile"].push_back(bench_tile(*e, 1, a.repeats, label, vr.u8));
       if (has(a.what, "batch"))
-        for (int b : a.batches) out["batch"].push_back(bench_tile(*e, b, std::max(5, a.repeats / 3), label));
-      if (has(a.what, "batch") && graphs && !untuned) {
+        for (int b : a.batches) out["batch"].push_back(bench_tile(*e, b, std::max(5, a.repeats / 3), label, vr.u8));
+      if (has(a.what, "batch") && graphs && (!untuned || vr.u8)) {
         auto e2 = load(a.shape_dir, true, true);
-        for (int b : a.batches) out["batch"].push_back(bench_tile_concurrent(*e, *e2, b, std::max(5, a.repeats / 3)));
+        for (int b : a.batches)
+          out["batch"].push_back(bench_tile_concurrent(*e, *e2, b, std::max(5, a.repeats / 3), vr.u8));
       }
       if (auto st = ev::cuda_run_stats(e->vision_executor()); st.ok() && st->gemm_shapes_tuned > 0)
         std::printf("    (%s: %d GEMM shapes tuned in %.1f ms; %d FP8 GEMMs in the last run)\n", label,

@@ -186,9 +186,12 @@ TensorId Graph::rope(const std::string& name, TensorId x, int n_heads, int head_
 
 TensorId Graph::patchify(const std::string& name, TensorId pixels, int patch) {
   const Shape& s = shape(pixels);
-  if (s.ndim != 4 || patch <= 0 || s[2] % patch != 0 || s[3] % patch != 0)
-    return fail(name + ": patchify input " + s.to_string() + " patch " + std::to_string(patch));
-  Node n = make(OpKind::kPatchify, name, {pixels}, Shape{s[0], (s[2] / patch) * (s[3] / patch), s[1] * patch * patch});
+  const bool hwc = node(pixels).out_dtype == DType::kU8;  // u8 frames: [B, H, W, C]
+  const int64_t H = hwc ? s[1] : s[2], W = hwc ? s[2] : s[3], C = hwc ? s[3] : s[1];
+  if (s.ndim != 4 || patch <= 0 || H % patch != 0 || W % patch != 0)
+    return fail(name + ": patchify input " + s.to_string() + (hwc ? " (u8, HWC)" : "") + " patch " +
+                std::to_string(patch));
+  Node n = make(OpKind::kPatchify, name, {pixels}, Shape{s[0], (H / patch) * (W / patch), C * patch * patch});
   n.p.patch = patch;
   return push(std::move(n));
 }

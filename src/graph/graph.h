@@ -155,6 +155,8 @@ struct Graph {
                      int head_dim, float scale, bool causal, int64_t q_offset, TensorId positions = -1);
   TensorId rope(const std::string& name, TensorId x, int n_heads, int head_dim, float theta, int64_t pos0,
                 TensorId positions = -1);
+  // pixels f32 [B, C, H, W], or u8 [B, H, W, C] (frames as decoded: the values 0..255, normalisation left to the
+  // weights that follow) -> [B, (H/P)*(W/P), C*P*P], each patch's values in (c, row, col) order.
   TensorId patchify(const std::string& name, TensorId pixels, int patch);
   TensorId pixel_shuffle(const std::string& name, TensorId x, int scale);
   TensorId get_rows(const std::string& name, TensorId table, TensorId ids);

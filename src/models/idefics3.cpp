@@ -43,6 +43,10 @@ class Idefics3Model final : public VlmModel {
   }
   size_t weight_bytes() const override { return weight_bytes_; }
   int select_fused_linears(bool on, LinearPlan* plan) override { return text_.select_fused(on, plan); }
+  bool set_pixel_normalization(const float scale[3], const float offset[3]) override {
+    vision_.fold_pixel_normalization(scale, offset);
+    return true;
+  }
 
   VlmConfig cfg_;
   SiglipVisionTower vision_;

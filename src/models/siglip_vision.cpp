@@ -86,6 +86,25 @@ Tensor random_scores(uint64_t seed, uint64_t call, int layer, int64_t B, int64_t
 }
 }  // namespace
 
+void SiglipVisionTower::fold_pixel_normalization(const float scale[3], const float offset[3]) {
+  auto wf = w_.patch_w.to(DType::kF32), bf = w_.patch_b.to(DType::kF32);
+  if (!wf.ok() || !bf.ok() || wf->ndim() != 2 || wf->dim(1) % 3 != 0) return;  // load() checked the shapes
+  const int64_t E = wf->dim(0), K = wf->dim(1), PP = K / 3;
+  patch_w_u8_ = Tensor::empty(DType::kF32, Shape{E, K});
+  patch_b_u8_ = Tensor::empty(DType::kF32, Shape{E});
+  const float* w = wf->data_as<const float>();
+  float* wo = patch_w_u8_.data_as<float>();
+  for (int64_t e = 0; e < E; ++e) {
+    double b = static_cast<double>(bf->data_as<const float>()[e]);
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t c = j / PP;
+      wo[e * K + j] = static_cast<float>(static_cast<double>(w[e * K + j]) * scale[c]);
+      b += static_cast<double>(w[e * K + j]) * offset[c];
+    }
+    patch_b_u8_.data_as<float>()[e] = static_cast<float>(b);
+  }
+}
+
 TensorId SiglipVisionTower::build(Graph& g, TensorId pixels, const VisionRun& run, TensorId* importance,
                                   int n_layers) const {
   const int E = cfg_.hidden_size, D = cfg_.head_dim();
@@ -96,7 +115,15 @@ TensorId SiglipVisionTower::build(Graph& g, TensorId pixels, const VisionRun& ru
 
   TensorId x = g.patchify("v.patches", pixels, cfg_.patch_size);                        // [B, N, 3*P*P]
   const int64_t B = g.shape(x)[0], N = g.shape(x)[1];
-  x = g.linear("v.patch_embd", x, g.weight("v.patch_w", w_.patch_w), g.weight("v.patch_b", w_.patch_b));  // [B, N, E]
+  if (g.node(pixels).out_dtype == DType::kU8) {  // frames 0..255: the normalisation is in the folded weights
+    if (!patch_w_u8_.data()) {
+      g.patchify("v.patches", pixels, 0);  // records an error: no folded patch embedding
+      return x;
+    }
+    x = g.linear("v.patch_embd", x, g.weight("v.patch_w_u8", patch_w_u8_), g.weight("v.patch_b_u8", patch_b_u8_));
+  } else {
+    x = g.linear("v.patch_embd", x, g.weight("v.patch_w", w_.patch_w), g.weight("v.patch_b", w_.patch_b));  // [B, N, E]
+  }
   TensorId pos = g.weight("v.pos", w_.pos);
   if (N != num_patches()) {  // a smaller tile (downscale): Idefics3's bucketised position ids
     const int side = static_cast<int>(g.shape(pixels)[2] / cfg_.patch_size);

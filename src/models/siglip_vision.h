@@ -47,10 +47,15 @@ class SiglipVisionTower {
   const VisionConfig& config() const { return cfg_; }
   int num_patches() const { return (cfg_.image_size / cfg_.patch_size) * (cfg_.image_size / cfg_.patch_size); }
   const SiglipVisionWeights& weights() const { return w_; }
+  // u8 frames ([B, S, S, 3], as decoded) instead of normalised f32 tiles: the processor's normalisation
+  // x = u8 * scale[c] + offset[c] is linear, so it folds into the patch embedding (W' = W scale, b' = b + W offset,
+  // computed in double, kept f32). Called once at load; build() then takes u8 pixels too.
+  void fold_pixel_normalization(const float scale[3], const float offset[3]);
 
  private:
   VisionConfig cfg_;
   SiglipVisionWeights w_;
+  Tensor patch_w_u8_, patch_b_u8_;  // fold_pixel_normalization: [E, 3*P*P], [E] f32
 };
 
 }  // namespace ev

@@ -63,6 +63,9 @@ class VlmModel {
   // `plan` (nullptr: none) treats alike and adds the fused weights' entries to *plan. Returns the number of fused
   // groups (0 for models without any). Not thread-safe against concurrent graph builds.
   virtual int select_fused_linears(bool on, LinearPlan* plan) { return 0; }
+  // u8 frames [B, S, S, 3] as build_vision's pixels: the processor's normalisation x = u8 * scale[c] + offset[c],
+  // folded into the first layer. Returns false where the architecture cannot take u8 frames.
+  virtual bool set_pixel_normalization(const float scale[3], const float offset[3]) { return false; }
 };
 
 using VlmFactory = Result<std::unique_ptr<VlmModel>> (*)(const VlmConfig& cfg, const TensorStore& weights);

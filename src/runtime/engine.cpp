@@ -53,6 +53,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   EV_RETURN_IF_ERROR(e->prepare_weights());
   EV_RETURN_IF_ERROR(e->set_prune(opt.prune).with_context(model_dir));
   if (opt.network_only) {
+    e->init_u8_frames();  // the processor's default normalisation
     e->load_s_ = now_s() - t0;
     return e;
   }
@@ -94,8 +95,20 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& model_dir, const
   if (!e->tok_cfg_.eos_token.empty()) add_stop(e->tokenizer_->token_to_id(e->tok_cfg_.eos_token));
   add_stop(e->tokenizer_->token_to_id("<end_of_utterance>"));
 
+  e->init_u8_frames();
   e->load_s_ = now_s() - t0;
   return e;
+}
+
+void Engine::init_u8_frames() {
+  for (int c = 0; c < 3; ++c) {
+    const double r = pre_.do_rescale ? pre_.rescale_factor : 1.0;
+    const double sd = pre_.do_normalize ? static_cast<double>(pre_.image_std[static_cast<size_t>(c)]) : 1.0;
+    const double m = pre_.do_normalize ? static_cast<double>(pre_.image_mean[static_cast<size_t>(c)]) : 0.0;
+    px_scale_[c] = static_cast<float>(r / sd);
+    px_offset_[c] = static_cast<float>(-m / sd);
+  }
+  u8_frames_ = model_->set_pixel_normalization(px_scale_, px_offset_);
 }
 
 Status Engine::build_weight_graphs(Graph& gv, Graph& gt) const {
@@ -435,16 +448,38 @@ Result<Tensor> Engine::preprocess(const Image& img, int image_splitting, int* ro
   return p.pixels;
 }
 
+Tensor Engine::normalize_u8_frames(const Tensor& frames) const {
+  const int64_t n = frames.dim(0), H = frames.dim(1), W = frames.dim(2);
+  Tensor t = Tensor::empty(DType::kF32, Shape{n, 3, H, W});
+  const uint8_t* src = frames.data_as<const uint8_t>();
+  float* dst = t.data_as<float>();
+  for (int64_t b = 0; b < n; ++b)
+    for (int c = 0; c < 3; ++c)
+      for (int64_t i = 0; i < H * W; ++i)
+        dst[(b * 3 + c) * H * W + i] = static_cast<float>(src[(b * H * W + i) * 3 + c]) * px_scale_[c] + px_offset_[c];
+  return t;
+}
+
 Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, const ExecOptions& exec,
                                     Tensor* hazards, const Tensor* memory, Tensor* raw) {
   const int S = model_->tile_size();
-  if (pixels.ndim() != 4 || pixels.dim(1) != 3 || pixels.dim(2) != S || pixels.dim(3) != S ||
-      pixels.dtype() != DType::kF32)
-    return ShapeMismatch("pixel tiles must be f32 [n, 3, " + std::to_string(S) + ", " + std::to_string(S) + "], got " +
-                         std::string(dtype_name(pixels.dtype())) + " " + pixels.shape().to_string());
+  const std::string ss = std::to_string(S);
+  const bool u8 = pixels.dtype() == DType::kU8;
+  if (u8 && (pixels.ndim() != 4 || pixels.dim(1) != S || pixels.dim(2) != S || pixels.dim(3) != 3))
+    return ShapeMismatch("u8 frames must be [n, " + ss + ", " + ss + ", 3] (RGB, row-major), got " +
+                         pixels.shape().to_string());
+  if (u8 && !u8_frames_) return Unsupported(cfg_.model_type + ": this architecture takes f32 pixel tiles only");
+  if (!u8 && (pixels.ndim() != 4 || pixels.dim(1) != 3 || pixels.dim(2) != S || pixels.dim(3) != S ||
+              pixels.dtype() != DType::kF32))
+    return ShapeMismatch("pixel tiles must be f32 [n, 3, " + ss + ", " + ss + "] or u8 frames [n, " + ss + ", " + ss +
+                         ", 3], got " + std::string(dtype_name(pixels.dtype())) + " " + pixels.shape().to_string());
   Graph g;
   const bool downscale = prune_.input_size > 0 && prune_.input_size < S;
-  TensorId px = g.input("pixels", downscale ? downscale_tiles(pixels, prune_.input_size) : pixels);
+  TensorId px = -1;
+  if (downscale)  // the downscale baseline resizes normalised f32 tiles
+    px = g.input("pixels", downscale_tiles(u8 ? normalize_u8_frames(pixels) : pixels, prune_.input_size));
+  else
+    px = g.input("pixels", pixels);
   TensorId vout = -1, importance = -1;
   VisionRun run;
   run.prune = &prune_;

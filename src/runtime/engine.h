@@ -168,6 +168,9 @@ class Engine {
   Result<std::string> render_messages(const nlohmann::json& messages) const;
   Result<std::string> render_prompt(int n_images, const std::string& text) const;
   // pixels [n_tiles, 3, S, S] -> image embeddings [n_tiles, tokens_per_tile, text_hidden] (+ vision tower output).
+  // pixels may also be u8 frames [n_tiles, S, S, 3] (RGB as decoded, resized to the tile but not normalised): they
+  // travel as bytes (a quarter of the f32 tiles' to a GPU) and the processor's rescale and normalisation, folded
+  // into the patch embedding (VlmModel::set_pixel_normalization), happen in the first GEMM.
   // With `hazards` and a fast head: its probabilities [n_tiles, C] from the same pass.
   // With `memory` and a temporal adapter: the adapted embeddings are returned, the connector's own in *raw.
   Result<Tensor> encode_tiles(const Tensor& pixels, Tensor* vision_out = nullptr, const ExecOptions& exec = {},
@@ -249,6 +252,11 @@ class Engine {
   EngineOptions opt_;
   VlmConfig cfg_;
   PreprocessorConfig pre_;
+  // u8 frames (encode_tiles): x = u8 * px_scale_[c] + px_offset_[c], from pre_; u8_frames_: the model folded it.
+  void init_u8_frames();
+  Tensor normalize_u8_frames(const Tensor& frames) const;  // u8 [n, H, W, 3] -> normalised f32 [n, 3, H, W]
+  float px_scale_[3] = {1.f, 1.f, 1.f}, px_offset_[3] = {0.f, 0.f, 0.f};
+  bool u8_frames_ = false;
   TokenizerConfig tok_cfg_;
   TensorStore store_;
   std::unique_ptr<VlmModel> model_;

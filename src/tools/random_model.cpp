@@ -283,6 +283,14 @@ Tensor random_pixels(int64_t n, int S, uint64_t seed) {
   return t;
 }
 
+Tensor random_frames_u8(int64_t n, int S, uint64_t seed) {
+  Tensor t = Tensor::empty(DType::kU8, Shape{n, S, S, 3});
+  uint64_t state = mix_seed(seed, 0x4652414Dull, 3);
+  uint8_t* p = t.data_as<uint8_t>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<uint8_t>(splitmix64(state) >> 56);
+  return t;
+}
+
 std::vector<int32_t> random_token_ids(int64_t n, int64_t vocab, int32_t image_token, uint64_t seed) {
   std::vector<int32_t> ids(static_cast<size_t>(std::max<int64_t>(n, 0)));
   if (vocab <= 0) return ids;

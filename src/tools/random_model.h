@@ -63,6 +63,8 @@ Status write_random_model(const std::string& dir, const std::string& shape, uint
 // Random inputs for benchmarks: pixels [n, 3, S, S] uniform in [-1, 1] (the range of normalised pixels), and
 // n token ids uniform in [0, vocab) skipping `image_token` (so that no image embeddings are needed).
 Tensor random_pixels(int64_t n, int S, uint64_t seed);
+// n u8 RGB frames [n, S, S, 3] of uniform bytes (Engine::encode_tiles' frame input).
+Tensor random_frames_u8(int64_t n, int S, uint64_t seed);
 std::vector<int32_t> random_token_ids(int64_t n, int64_t vocab, int32_t image_token, uint64_t seed);
 
 // The model a benchmark runs: the user's directory (--model), or a random-weight model of a named shape

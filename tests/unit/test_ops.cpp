@@ -270,6 +270,25 @@ TEST(RefOps, PatchifyIsConvWeightOrder) {
             }
 }
 
+// u8 frames [B, H, W, C]: the same (c, r, col) order per patch as the f32 CHW tiles, the bytes as floats.
+TEST(RefOps, PatchifyU8FramesMatchesChwTiles) {
+  const int64_t B = 2, C = 3, H = 6, W = 9;
+  const int P = 3;
+  std::vector<uint8_t> fr(B * H * W * C);
+  std::vector<float> chw(B * C * H * W), a(B * (H / P) * (W / P) * C * P * P), b(a.size());
+  for (int64_t i = 0; i < B; ++i)
+    for (int64_t r = 0; r < H; ++r)
+      for (int64_t col = 0; col < W; ++col)
+        for (int64_t c = 0; c < C; ++c) {
+          const uint8_t v = static_cast<uint8_t>((i * 131 + r * 17 + col * 5 + c * 71) % 256);
+          fr[((i * H + r) * W + col) * C + c] = v;
+          chw[((i * C + c) * H + r) * W + col] = static_cast<float>(v);
+        }
+  ref::patchify_u8_hwc(fr.data(), B, H, W, C, P, a.data());
+  ref::patchify(chw.data(), B, C, H, W, P, b.data());
+  EXPECT_EQ(a, b);
+}
+
 // A tiny strided-tensor emulation of torch's view / permute / reshape, to check pixel_shuffle against the exact
 // op sequence of Idefics3Connector.pixel_shuffle (transformers/models/idefics3/modeling_idefics3.py).
 struct Emu {
@@ -425,6 +444,10 @@ TEST(OpsConsistency, PatchifyAndPixelShuffle) {
     OpParams p;
     p.patch = P;
     for_all_configs(make_node(OpKind::kPatchify, Shape{B, (H / P) * (W / P), C * P * P}, p), {px},
+                    [](const Tensor& g, const Tensor& r, const Cfg&) { return exact(g, r); });
+    Tensor fr = Tensor::empty(DType::kU8, Shape{B, H, W, C});  // u8 frames, HWC
+    for (int64_t i = 0; i < fr.numel(); ++i) fr.data_as<uint8_t>()[i] = static_cast<uint8_t>(rng() >> 24);
+    for_all_configs(make_node(OpKind::kPatchify, Shape{B, (H / P) * (W / P), C * P * P}, p), {fr},
                     [](const Tensor& g, const Tensor& r, const Cfg&) { return exact(g, r); });
   }
   for (auto [B, S, E, s] : std::vector<std::tuple<int64_t, int64_t, int64_t, int>>{

@@ -37,6 +37,49 @@ bool finite_f32(const Tensor& t) {
 
 // ---- random_model ----
 
+// u8 frames through encode_tiles: the normalisation folded into the patch embedding gives what the normalised
+// f32 tiles give (the fold's rounding only: 1e-4 of the largest output; the CPU backend runs the vision tower in
+// f32 at either text precision), and a frame of the wrong shape is refused by name.
+TEST(RandomModel, U8FramesMatchNormalisedTiles) {
+  auto dir = TempDir::create("edgevlm-test-tiny-u8-");
+  ASSERT_TRUE(dir.ok()) << dir.status().to_string();
+  ASSERT_TRUE(write_random_model(dir->path(), "tiny", 11, DType::kBF16).ok());
+  Tensor fr = random_frames_u8(3, 64, 5);
+  // What the processor does (preprocessor defaults: rescale 1/255 in double, mean = std = 0.5): CHW f32.
+  Tensor px = Tensor::empty(DType::kF32, Shape{3, 3, 64, 64});
+  for (int64_t b = 0; b < 3; ++b)
+    for (int c = 0; c < 3; ++c)
+      for (int64_t i = 0; i < 64 * 64; ++i) {
+        const float x = static_cast<float>(static_cast<double>(fr.data_as<uint8_t>()[(b * 64 * 64 + i) * 3 + c]) / 255.0);
+        px.data_as<float>()[(b * 3 + c) * 64 * 64 + i] = (x - 0.5f) / 0.5f;
+      }
+  for (Precision p : {Precision::kF32, Precision::kBF16}) {
+    SCOPED_TRACE(precision_name(p));
+    EngineOptions eo;
+    eo.threads = 2;
+    eo.network_only = true;
+    eo.precision = p;
+    auto eng = Engine::load(dir->path(), eo);
+    ASSERT_TRUE(eng.ok()) << eng.status().to_string();
+    auto a = (*eng)->encode_tiles(fr);
+    auto b = (*eng)->encode_tiles(px);
+    ASSERT_TRUE(a.ok()) << a.status().to_string();
+    ASSERT_TRUE(b.ok()) << b.status().to_string();
+    ASSERT_EQ(a->shape(), b->shape());
+    double md = 0, mr = 0;
+    for (int64_t i = 0; i < a->numel(); ++i) {
+      md = std::max(md, std::fabs(static_cast<double>(a->data_as<float>()[i]) - b->data_as<float>()[i]));
+      mr = std::max(mr, std::fabs(static_cast<double>(b->data_as<float>()[i])));
+    }
+    EXPECT_LE(md / mr, 1e-4) << "max diff " << md << " of " << mr;
+    std::printf("[u8 frames] %s: rel %.2e against the normalised tiles\n", precision_name(p), md / mr);
+    auto bad = (*eng)->encode_tiles(random_frames_u8(1, 32, 1));
+    ASSERT_FALSE(bad.ok());
+    EXPECT_NE(bad.status().message().find("u8 frames must be [n, 64, 64, 3]"), std::string::npos)
+        << bad.status().to_string();
+  }
+}
+
 TEST(RandomModel, TinyLoadsAndRuns) {
   auto dir = TempDir::create("edgevlm-test-tiny-");
   ASSERT_TRUE(dir.ok()) << dir.status().to_string();

@@ -159,7 +159,10 @@ class CpuBackend final : public Backend {
       case OpKind::kRope: return rope(n, *in[0], y);
       case OpKind::kPatchify: {
         const Tensor& x = *in[0];
-        cpu::patchify(pool_, x.data_as<const float>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), n.p.patch, y);
+        if (x.dtype() == DType::kU8)
+          cpu::patchify_u8_hwc(pool_, x.data_as<const uint8_t>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), n.p.patch, y);
+        else
+          cpu::patchify(pool_, x.data_as<const float>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), n.p.patch, y);
         return Status::Ok();
       }
       case OpKind::kPixelShuffle: {

@@ -146,6 +146,24 @@ void patchify(ThreadPool* pool, const float* px, int64_t B, int64_t C, int64_t H
   });
 }
 
+void patchify_u8_hwc(ThreadPool* pool, const uint8_t* px, int64_t B, int64_t H, int64_t W, int64_t C, int P, float* y) {
+  const int64_t gh = H / P, gw = W / P, E = C * P * P;
+  // One unit = one row of patches of one frame: reads P pixel rows (interleaved channels), writes gw patches.
+  run(pool, B * gh, 1, [&](int, int64_t u0, int64_t u1) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t b = u / gh, py = u % gh;
+      for (int64_t r = 0; r < P; ++r) {
+        const uint8_t* src = px + ((b * H + py * P + r) * W) * C;
+        float* dst = y + (b * gh * gw + py * gw) * E + r * P;
+        for (int64_t x = 0; x < W; ++x) {
+          const int64_t pxi = x / P, col = x % P;
+          for (int64_t c = 0; c < C; ++c) dst[pxi * E + c * P * P + col] = static_cast<float>(src[x * C + c]);
+        }
+      }
+    }
+  });
+}
+
 void pixel_shuffle(ThreadPool* pool, const float* x, int64_t B, int64_t S, int64_t E, int s, float* y) {
   int64_t h = 0;
   while (h * h < S) ++h;

@@ -42,6 +42,8 @@ void rope(ThreadPool* pool, const float* x, int64_t B, int64_t T, int H, int D, 
 
 // px [B, C, H, W] -> y [B, (H/P)*(W/P), C*P*P] (graph.h kPatchify).
 void patchify(ThreadPool* pool, const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y);
+// u8 frames [B, H, W, C] (graph.h patchify).
+void patchify_u8_hwc(ThreadPool* pool, const uint8_t* px, int64_t B, int64_t H, int64_t W, int64_t C, int P, float* y);
 // x [B, S, E] -> y [B, S/s^2, E*s^2] (Idefics3Connector.pixel_shuffle, graph.h kPixelShuffle).
 void pixel_shuffle(ThreadPool* pool, const float* x, int64_t B, int64_t S, int64_t E, int s, float* y);
 

@@ -454,6 +454,123 @@ __device__ inline uint32_t pack_bf16(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&v);
 }
 
+// ---- the online softmax and the output of flash2 and flash3 -------------------------------------------------
+// Both keep a warp's 16 query rows in the mma accumulator layout: each thread holds two rows (a: lane / 4, b: that
+// + 8) of NS n8 tiles of scores, s[nt][0..1] row a, s[nt][2..3] row b, at keys nt * 8 + (lane % 4) * 2 + {0, 1}.
+
+// One key tile (keys j0 ..) of the online softmax in the log2 domain: s holds raw scores on entry and the
+// probabilities on return; m (row max), l (row sum) are updated and al gets the factors that rescale O. lim_a /
+// lim_b: keys allowed to rows a / b (causal mask, key count); lim_lo: keys every row of the warp may see.
+template <int NS>
+__device__ inline void online_softmax(float (&s)[NS][4], int64_t j0, int64_t lim_a, int64_t lim_b, int64_t lim_lo,
+                                      float scale_log2, int lc, float& m_a, float& m_b, float& l_a, float& l_b,
+                                      float& al_a, float& al_b) {
+  // A tile that every row of the warp sees in full (all tiles of a non-causal attention over whole tiles) needs no
+  // mask: its max is taken on the raw scores and the scaling folds into the exponent's FMA.
+  const bool full = scale_log2 > 0.f && j0 + NS * 8 <= lim_lo;
+  float mx_a = -INFINITY, mx_b = -INFINITY;
+  if (full) {
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) {
+      mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
+      mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx_a *= scale_log2;
+    mx_b *= scale_log2;
+  } else {
+    const int ja = static_cast<int>(lim_a - j0), jb = static_cast<int>(lim_b - j0);  // keys allowed in this tile
+#pragma unroll
+    for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int j = nt * 8 + lc + e;
+        s[nt][e] = j < ja ? s[nt][e] * scale_log2 : -INFINITY;  // scaled here; the exponent subtracts only
+        s[nt][2 + e] = j < jb ? s[nt][2 + e] * scale_log2 : -INFINITY;
+        mx_a = fmaxf(mx_a, s[nt][e]);
+        mx_b = fmaxf(mx_b, s[nt][2 + e]);
+      }
+    }
+  }
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+  mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+  mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+  const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+  // A row with no allowed key yet keeps max -inf: subtracting 0 instead makes every p (and alpha) 0.
+  const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
+  al_a = fast_exp2(m_a - mu_a);
+  al_b = fast_exp2(m_b - mu_b);
+  float rs_a = 0.f, rs_b = 0.f;
+  const float sl = full ? scale_log2 : 1.f;  // masked tiles hold scaled scores (-inf where masked: p = 0)
+#pragma unroll
+  for (int nt = 0; nt < NS; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      s[nt][e] = fast_exp2(fmaf(s[nt][e], sl, -mu_a));
+      s[nt][2 + e] = fast_exp2(fmaf(s[nt][2 + e], sl, -mu_b));
+      rs_a += s[nt][e];
+      rs_b += s[nt][2 + e];
+    }
+  }
+  rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 1);
+  rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 2);
+  rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 1);
+  rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 2);
+  l_a = l_a * al_a + rs_a;
+  l_b = l_b * al_b + rs_b;
+  m_a = mn_a;
+  m_b = mn_b;
+}
+
+// The probabilities of keys 16 kk .. 16 kk + 15 as the bf16 A fragment of the P V MMA (the accumulator and A
+// layouts coincide).
+template <int NS>
+__device__ inline void probs_to_a(const float (&s)[NS][4], int kk, uint32_t (&a)[4]) {
+  a[0] = pack_bf16(s[2 * kk][0], s[2 * kk][1]);
+  a[1] = pack_bf16(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  a[3] = pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+template <int NT>
+__device__ inline void rescale_o(float (&o)[NT][4], float al_a, float al_b) {
+#pragma unroll
+  for (int dt = 0; dt < NT; ++dt) {
+    o[dt][0] *= al_a;
+    o[dt][1] *= al_a;
+    o[dt][2] *= al_b;
+    o[dt][3] *= al_b;
+  }
+}
+
+// O / l of rows a and b (head h of batch element b) into out, f32 or bf16 (out16: only a bf16 GEMM reads it, the
+// executor's fuse_bf16); lse (nullable) gets each row's log2-domain log-sum-exp.
+template <int NT>
+__device__ inline void store_rows(const float (&o)[NT][4], int64_t row_a, int64_t T, int64_t b, int h, int Hq,
+                                  int lc, float m_a, float m_b, float l_a, float l_b, void* out_v, int out16,
+                                  float* lse) {
+  constexpr int D = NT * 8;
+  const int64_t qld = static_cast<int64_t>(Hq) * D;
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = row_a + 8 * half;
+    if (row >= T) continue;
+    const float l = half ? l_b : l_a, m = half ? m_b : m_a;
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int64_t off = (b * T + row) * qld + static_cast<int64_t>(h) * D;
+    if (out16) {
+      uint32_t* orow = reinterpret_cast<uint32_t*>(static_cast<__nv_bfloat16*>(out_v) + off);
+#pragma unroll
+      for (int dt = 0; dt < NT; ++dt) orow[(dt * 8 + lc) / 2] = pack_bf16(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    } else {
+      float* orow = static_cast<float*>(out_v) + off;
+#pragma unroll
+      for (int dt = 0; dt < NT; ++dt)
+        *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+    }
+    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row] = l > 0.f ? m + log2f(l) : -INFINITY;
+  }
+}
+
 template <int D, int W = 4>
 struct Flash2Layout {
   static constexpr int LD = D + 8;  // bf16 per smem row: 16-byte padding keeps ldmatrix free of bank conflicts
@@ -556,75 +673,14 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
         mma16816(s[2 * np + 1], qf[ds], b2, b3);
       }
     }
-    const int64_t j0 = static_cast<int64_t>(t) * 64;
-    // Raw scores s; the softmax works on s * scale_log2 (log2 domain). A tile that every row of the warp sees in
-    // full (all tiles of a non-causal attention over whole tiles) needs no mask: its max is taken on the raw
-    // scores and the scaling folds into the exponent's FMA.
-    const bool full = scale_log2 > 0.f && j0 + 64 <= lim_lo;
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-    if (full) {
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-        mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
-        mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
-      }
-      mx_a *= scale_log2;
-      mx_b *= scale_log2;
-    } else {
-      const int ja = static_cast<int>(lim_a - j0), jb = static_cast<int>(lim_b - j0);  // keys allowed in this tile
-#pragma unroll
-      for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int j = nt * 8 + lc + e;
-          s[nt][e] = j < ja ? s[nt][e] * scale_log2 : -INFINITY;  // scaled here; the exponent subtracts only
-          s[nt][2 + e] = j < jb ? s[nt][2 + e] * scale_log2 : -INFINITY;
-          mx_a = fmaxf(mx_a, s[nt][e]);
-          mx_b = fmaxf(mx_b, s[nt][2 + e]);
-        }
-      }
-    }
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    // A row with no allowed key yet keeps max -inf: subtracting 0 instead makes every p (and alpha) 0.
-    const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
-    const float al_a = fast_exp2(m_a - mu_a), al_b = fast_exp2(m_b - mu_b);
-    float rs_a = 0.f, rs_b = 0.f;
-    const float sl = full ? scale_log2 : 1.f;  // masked tiles hold scaled scores (-inf where masked: p = 0)
-#pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const float pa = fast_exp2(fmaf(s[nt][e], sl, -mu_a));
-        const float pb = fast_exp2(fmaf(s[nt][2 + e], sl, -mu_b));
-        s[nt][e] = pa;
-        s[nt][2 + e] = pb;
-        rs_a += pa;
-        rs_b += pb;
-      }
-    }
-    rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 1);
-    rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 2);
-    rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 1);
-    rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 2);
-    l_a = l_a * al_a + rs_a;
-    l_b = l_b * al_b + rs_b;
-    m_a = mn_a;
-    m_b = mn_b;
-#pragma unroll
-    for (int dt = 0; dt < NT; ++dt) {
-      o[dt][0] *= al_a;
-      o[dt][1] *= al_a;
-      o[dt][2] *= al_b;
-      o[dt][3] *= al_b;
-    }
+    float al_a, al_b;
+    online_softmax(s, static_cast<int64_t>(t) * 64, lim_a, lim_b, lim_lo, scale_log2, lc, m_a, m_b, l_a, l_b, al_a,
+                   al_b);
+    rescale_o(o, al_a, al_b);
 #pragma unroll
     for (int kk = 0; kk < 4; ++kk) {
-      const uint32_t a[4] = {pack_bf16(s[2 * kk][0], s[2 * kk][1]), pack_bf16(s[2 * kk][2], s[2 * kk][3]),
-                             pack_bf16(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack_bf16(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+      uint32_t a[4];
+      probs_to_a(s, kk, a);
 #pragma unroll
       for (int dp = 0; dp < D / 16; ++dp) {
         uint32_t b0, b1, b2, b3;
@@ -636,29 +692,7 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
     __syncthreads();  // the next iteration's prefetch overwrites this stage
   }
   cp_async_wait<0>();
-  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-  // out: f32, or bf16 (out16) when only a bf16 GEMM reads it (the executor's fuse_bf16).
-  auto store = [&](int64_t row, int half, float inv) {
-    const int64_t off = (b * T + row) * qld + static_cast<int64_t>(h) * D;
-    if (out16) {
-      uint32_t* orow = reinterpret_cast<uint32_t*>(static_cast<__nv_bfloat16*>(out_v) + off);
-#pragma unroll
-      for (int dt = 0; dt < NT; ++dt) orow[(dt * 8 + lc) / 2] = pack_bf16(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
-    } else {
-      float* orow = static_cast<float*>(out_v) + off;
-#pragma unroll
-      for (int dt = 0; dt < NT; ++dt)
-        *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
-    }
-  };
-  if (row_a < T) {
-    store(row_a, 0, inv_a);
-    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_a] = l_a > 0.f ? m_a + log2f(l_a) : -INFINITY;
-  }
-  if (row_b < T) {
-    store(row_b, 1, inv_b);
-    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_b] = l_b > 0.f ? m_b + log2f(l_b) : -INFINITY;
-  }
+  store_rows(o, row_a, T, b, h, Hq, lc, m_a, m_b, l_a, l_b, out_v, out16, lse);
 }
 
 // ---- flash3: the Hopper path (sm_90a), wgmma ------------------------------------------------------------------
@@ -669,7 +703,7 @@ __global__ void __launch_bounds__(32 * W) flash2_kernel(const __nv_bfloat16* __r
 // instruction). The MMAs are asynchronous, so each warpgroup overlaps them with its softmax: it issues S for the
 // next key tile and P V for this one, then computes the next tile's softmax while P V still runs on the tensor
 // cores. K/V tiles stream in two stages deep with cp.async; one block barrier per key tile.
-// The online softmax, the masking and the output stores are those of flash2.
+// The online softmax, the masking and the output stores are flash2's (online_softmax, store_rows).
 
 #if defined(EDGEVLM_CUDA_SM90A)
 constexpr bool kHaveFlash3 = true;
@@ -817,68 +851,12 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     for (int kc = 0; kc < D / 16; ++kc)
       wgmma_ss_n128(s, sw128_desc(q_wg + 32 * kc, 16, 1024), sw128_desc(kt + 32 * kc, 16, 1024), kc > 0 ? 1 : 0);
   };
-  // The online softmax of key tile t (s holds its raw scores): p = its bf16 probabilities (A fragments), l and m updated; returns
-  // the factors that rescale O.
+  // The online softmax of key tile t (s holds its raw scores) into p, its bf16 probabilities as A fragments.
   auto softmax = [&](int t, uint32_t(&p)[BN / 16][4], float& al_a, float& al_b) {
-    const int64_t j0 = static_cast<int64_t>(t) * BN;
-    const bool full = scale_log2 > 0.f && j0 + BN <= lim_lo;
-    float mx_a = -INFINITY, mx_b = -INFINITY;
-    if (full) {
+    online_softmax(s, static_cast<int64_t>(t) * BN, lim_a, lim_b, lim_lo, scale_log2, lc, m_a, m_b, l_a, l_b, al_a,
+                   al_b);
 #pragma unroll
-      for (int nt = 0; nt < NS; ++nt) {
-        mx_a = fmaxf(mx_a, fmaxf(s[nt][0], s[nt][1]));
-        mx_b = fmaxf(mx_b, fmaxf(s[nt][2], s[nt][3]));
-      }
-      mx_a *= scale_log2;
-      mx_b *= scale_log2;
-    } else {
-      const int ja = static_cast<int>(lim_a - j0), jb = static_cast<int>(lim_b - j0);
-#pragma unroll
-      for (int nt = 0; nt < NS; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int j = nt * 8 + lc + e;
-          s[nt][e] = j < ja ? s[nt][e] * scale_log2 : -INFINITY;
-          s[nt][2 + e] = j < jb ? s[nt][2 + e] * scale_log2 : -INFINITY;
-          mx_a = fmaxf(mx_a, s[nt][e]);
-          mx_b = fmaxf(mx_b, s[nt][2 + e]);
-        }
-      }
-    }
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
-    mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
-    mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
-    const float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
-    const float mu_a = mn_a == -INFINITY ? 0.f : mn_a, mu_b = mn_b == -INFINITY ? 0.f : mn_b;
-    al_a = fast_exp2(m_a - mu_a);
-    al_b = fast_exp2(m_b - mu_b);
-    const float sl = full ? scale_log2 : 1.f;
-    float rs_a = 0.f, rs_b = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      float pa[4], pb[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {  // e: column pair (tile 2kk, 2kk + 1) x element
-        const int nt = 2 * kk + (e >> 1), c = e & 1;
-        pa[e] = fast_exp2(fmaf(s[nt][c], sl, -mu_a));
-        pb[e] = fast_exp2(fmaf(s[nt][2 + c], sl, -mu_b));
-        rs_a += pa[e];
-        rs_b += pb[e];
-      }
-      p[kk][0] = pack_bf16(pa[0], pa[1]);
-      p[kk][1] = pack_bf16(pb[0], pb[1]);
-      p[kk][2] = pack_bf16(pa[2], pa[3]);
-      p[kk][3] = pack_bf16(pb[2], pb[3]);
-    }
-    rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 1);
-    rs_a += __shfl_xor_sync(0xffffffffu, rs_a, 2);
-    rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 1);
-    rs_b += __shfl_xor_sync(0xffffffffu, rs_b, 2);
-    l_a = l_a * al_a + rs_a;
-    l_b = l_b * al_b + rs_b;
-    m_a = mn_a;
-    m_b = mn_b;
+    for (int kk = 0; kk < BN / 16; ++kk) probs_to_a(s, kk, p[kk]);
   };
 
   if (n_tiles > 0) {
@@ -927,13 +905,7 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     softmax(t + 1, pn, al_a, al_b);
     wg_wait<0>();
     fence_acc(o);
-#pragma unroll
-    for (int dt = 0; dt < NT; ++dt) {
-      o[dt][0] *= al_a;
-      o[dt][1] *= al_a;
-      o[dt][2] *= al_b;
-      o[dt][3] *= al_b;
-    }
+    rescale_o(o, al_a, al_b);
   };
   auto last = [&](int t, uint32_t(&pc)[BN / 16][4]) {
     begin_tile(t);
@@ -953,28 +925,7 @@ __global__ void __launch_bounds__(128 * NWG, 1)
     last(t, p0);
   }
   cp_async_wait<0>();
-  const float inv_a = l_a > 0.f ? 1.f / l_a : 0.f, inv_b = l_b > 0.f ? 1.f / l_b : 0.f;
-  auto store = [&](int64_t row, int half, float inv) {
-    const int64_t off = (b * T + row) * qld + static_cast<int64_t>(h) * D;
-    if (out16) {
-      uint32_t* orow = reinterpret_cast<uint32_t*>(static_cast<__nv_bfloat16*>(out_v) + off);
-#pragma unroll
-      for (int dt = 0; dt < NT; ++dt) orow[(dt * 8 + lc) / 2] = pack_bf16(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
-    } else {
-      float* orow = static_cast<float*>(out_v) + off;
-#pragma unroll
-      for (int dt = 0; dt < NT; ++dt)
-        *reinterpret_cast<float2*>(orow + dt * 8 + lc) = make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
-    }
-  };
-  if (row_a < T) {
-    store(row_a, 0, inv_a);
-    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_a] = l_a > 0.f ? m_a + log2f(l_a) : -INFINITY;
-  }
-  if (row_b < T) {
-    store(row_b, 1, inv_b);
-    if (lse != nullptr && lc == 0) lse[(b * Hq + h) * T + row_b] = l_b > 0.f ? m_b + log2f(l_b) : -INFINITY;
-  }
+  store_rows(o, row_a, T, b, h, Hq, lc, m_a, m_b, l_a, l_b, out_v, out16, lse);
 #endif
 }
 

@@ -1783,8 +1783,11 @@ Status CudaExecutorImpl::exec_node(const Graph& g, size_t i) {
     }
     case OpKind::kPatchify: {
       const Shape& xs = shape(0);
-      kl += cuda::patchify(loc_[static_cast<size_t>(nd.inputs[0])].dev, loc_[static_cast<size_t>(nd.inputs[0])].dtype == DType::kBF16,
-                           xs[0], xs[1], xs[2], xs[3], nd.p.patch, y, p.out16, s);
+      const Loc& px = loc_[static_cast<size_t>(nd.inputs[0])];
+      const cuda::PixelType pt = px.dtype == DType::kU8    ? cuda::PixelType::kU8HWC
+                                 : px.dtype == DType::kBF16 ? cuda::PixelType::kBF16
+                                                            : cuda::PixelType::kF32;
+      kl += cuda::patchify(px.dev, pt, xs[0], xs[1], xs[2], xs[3], nd.p.patch, y, p.out16, s);
       break;
     }
     case OpKind::kPixelShuffle: {

@@ -38,8 +38,10 @@ int rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64_
 int rope_store_kv(const float* xq, const float* xk, const float* xv, int Hq, int Hkv, int D, float theta,
                   const int32_t* positions, float* q_out, float* k_cache, float* v_cache, int64_t cap, DevError* err,
                   cudaStream_t s);
-// px and y: f32, or bf16 with in16 / out16.
-int patchify(const void* px, bool in16, int64_t B, int64_t C, int64_t H, int64_t W, int P, void* y, bool out16,
+// px f32 or bf16 [B, C, H, W] (d1..d3 = C, H, W), or u8 frames [B, H, W, C] (d1..d3 = H, W, C); y f32, or bf16
+// with out16.
+enum class PixelType : int { kF32, kBF16, kU8HWC };
+int patchify(const void* px, PixelType pt, int64_t B, int64_t d1, int64_t d2, int64_t d3, int P, void* y, bool out16,
              cudaStream_t s);
 int pixel_shuffle(const float* x, int64_t B, int64_t S, int64_t E, int scale, float* y, cudaStream_t s);
 int get_rows(const void* table, TableType tt, int64_t V, int64_t C, const int32_t* ids, int64_t T, void* y,

@@ -308,7 +308,9 @@ __global__ void rope_store_kv_kernel(const float* __restrict__ xq, const float* 
   }
 }
 
-template <typename In, typename Out>
+// pixels [B, C, H, W] (f32, or bf16 bits), or u8 frames [B, H, W, C] (HWC) -> patches, f32 or bf16 bits (u8
+// values are exact in bf16).
+template <typename In, typename Out, bool HWC>
 __global__ void patchify_kernel(const In* __restrict__ px, int64_t B, int64_t C, int64_t H, int64_t W, int P,
                                 Out* __restrict__ y) {
   const int64_t gh = H / P, gw = W / P, E = C * P * P, n = B * gh * gw * E;
@@ -317,13 +319,17 @@ __global__ void patchify_kernel(const In* __restrict__ px, int64_t B, int64_t C,
     const int64_t e = o % E, patch = o / E;
     const int64_t col = e % P, r = (e / P) % P, c = e / (P * P);
     const int64_t pxi = patch % gw, py = (patch / gw) % gh, b = patch / (gw * gh);
-    const In v = px[((b * C + c) * H + py * P + r) * W + pxi * P + col];
-    if constexpr (sizeof(Out) == 2 && sizeof(In) == 4)
-      y[o] = f32_to_bf16_bits(v);
-    else if constexpr (sizeof(Out) == 4 && sizeof(In) == 2)
+    const int64_t src = HWC ? ((b * H + py * P + r) * W + pxi * P + col) * C + c
+                            : ((b * C + c) * H + py * P + r) * W + pxi * P + col;
+    const In v = px[src];
+    if constexpr (sizeof(Out) == 2 && sizeof(In) == 2)
+      y[o] = v;
+    else if constexpr (sizeof(Out) == 2)
+      y[o] = f32_to_bf16_bits(static_cast<float>(v));
+    else if constexpr (sizeof(In) == 2)
       y[o] = __uint_as_float(static_cast<uint32_t>(v) << 16);
     else
-      y[o] = v;
+      y[o] = static_cast<float>(v);
   }
 }
 
@@ -884,21 +890,36 @@ int rope_store_kv(const float* xq, const float* xk, const float* xv, int Hq, int
   return 1;
 }
 
-int patchify(const void* px, bool in16, int64_t B, int64_t C, int64_t H, int64_t W, int P, void* y, bool out16,
+int patchify(const void* px, PixelType pt, int64_t B, int64_t d1, int64_t d2, int64_t d3, int P, void* y, bool out16,
              cudaStream_t s) {
-  const int64_t n = B * C * H * W;
+  const int64_t n = B * d1 * d2 * d3;
   if (n == 0) return 0;
   const unsigned g = blocks_for(n, 4);
+  auto* u = static_cast<const uint8_t*>(px);
   auto* f = static_cast<const float*>(px);
   auto* h = static_cast<const uint16_t*>(px);
-  if (in16 && out16)
-    patchify_kernel<<<g, kThreads, 0, s>>>(h, B, C, H, W, P, static_cast<uint16_t*>(y));
-  else if (in16)
-    patchify_kernel<<<g, kThreads, 0, s>>>(h, B, C, H, W, P, static_cast<float*>(y));
-  else if (out16)
-    patchify_kernel<<<g, kThreads, 0, s>>>(f, B, C, H, W, P, static_cast<uint16_t*>(y));
-  else
-    patchify_kernel<<<g, kThreads, 0, s>>>(f, B, C, H, W, P, static_cast<float*>(y));
+  auto* y16 = static_cast<uint16_t*>(y);
+  auto* y32 = static_cast<float*>(y);
+  switch (pt) {
+    case PixelType::kU8HWC:  // d1..d3 = H, W, C
+      if (out16)
+        patchify_kernel<uint8_t, uint16_t, true><<<g, kThreads, 0, s>>>(u, B, d3, d1, d2, P, y16);
+      else
+        patchify_kernel<uint8_t, float, true><<<g, kThreads, 0, s>>>(u, B, d3, d1, d2, P, y32);
+      break;
+    case PixelType::kBF16:
+      if (out16)
+        patchify_kernel<uint16_t, uint16_t, false><<<g, kThreads, 0, s>>>(h, B, d1, d2, d3, P, y16);
+      else
+        patchify_kernel<uint16_t, float, false><<<g, kThreads, 0, s>>>(h, B, d1, d2, d3, P, y32);
+      break;
+    default:
+      if (out16)
+        patchify_kernel<float, uint16_t, false><<<g, kThreads, 0, s>>>(f, B, d1, d2, d3, P, y16);
+      else
+        patchify_kernel<float, float, false><<<g, kThreads, 0, s>>>(f, B, d1, d2, d3, P, y32);
+      break;
+  }
   return 1;
 }
 

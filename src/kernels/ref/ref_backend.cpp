@@ -137,7 +137,10 @@ class RefBackend final : public Backend {
       }
       case OpKind::kPatchify: {
         const Tensor& x = *in[0];
-        ref::patchify(x.data_as<const float>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), n.p.patch, y);
+        if (x.dtype() == DType::kU8)
+          ref::patchify_u8_hwc(x.data_as<const uint8_t>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), n.p.patch, y);
+        else
+          ref::patchify(x.data_as<const float>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), n.p.patch, y);
         return Status::Ok();
       }
       case OpKind::kPixelShuffle: {

@@ -191,12 +191,14 @@ Status check_node(const Node& n, const std::vector<const Tensor*>& in, const Ten
     }
     case OpKind::kPatchify: {
       EV_RETURN_IF_ERROR(need_inputs(n, in, 1, 1));
-      EV_RETURN_IF_ERROR(need_dtype(n, *in[0], "pixels", false));
       const Tensor& x = *in[0];
+      const bool hwc = x.dtype() == DType::kU8;  // u8 frames [B, H, W, C]
+      if (!hwc) EV_RETURN_IF_ERROR(need_dtype(n, x, "pixels", false));
       const int64_t P = n.p.patch;
-      if (x.ndim() != 4 || P <= 0 || x.dim(2) % P != 0 || x.dim(3) % P != 0)
-        return mismatch(n, "pixels" + shp(x) + " with patch " + std::to_string(P));
-      const Shape want{x.dim(0), (x.dim(2) / P) * (x.dim(3) / P), x.dim(1) * P * P};
+      if (x.ndim() != 4 || P <= 0 || x.dim(hwc ? 1 : 2) % P != 0 || x.dim(hwc ? 2 : 3) % P != 0)
+        return mismatch(n, "pixels" + shp(x) + (hwc ? " (u8, HWC)" : "") + " with patch " + std::to_string(P));
+      const int64_t H = x.dim(hwc ? 1 : 2), W = x.dim(hwc ? 2 : 3), C = x.dim(hwc ? 3 : 1);
+      const Shape want{x.dim(0), (H / P) * (W / P), C * P * P};
       if (os != want) return mismatch(n, "output " + shp(out) + ", expected " + want.to_string());
       return Status::Ok();
     }
@@ -537,7 +539,11 @@ void rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64
   }
 }
 
-void patchify(const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y) {
+namespace {
+// Patch (py, px) of image b is token py * (W/P) + px; its element (c, r, col) is the pixel (c, py*P + r, px*P + col)
+// of a [B, C, H, W] tile (hwc: of a [B, H, W, C] frame).
+template <typename T, bool HWC>
+void patchify_any(const T* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y) {
   const int64_t gh = H / P, gw = W / P, E = C * P * P;
   for (int64_t b = 0; b < B; ++b)
     for (int64_t py = 0; py < gh; ++py)
@@ -545,9 +551,21 @@ void patchify(const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P
         float* dst = y + (b * gh * gw + py * gw + pxi) * E;
         for (int64_t c = 0; c < C; ++c)
           for (int64_t r = 0; r < P; ++r)
-            for (int64_t col = 0; col < P; ++col)
-              dst[(c * P + r) * P + col] = px[((b * C + c) * H + py * P + r) * W + pxi * P + col];
+            for (int64_t col = 0; col < P; ++col) {
+              const int64_t ih = py * P + r, iw = pxi * P + col;
+              dst[(c * P + r) * P + col] =
+                  static_cast<float>(HWC ? px[((b * H + ih) * W + iw) * C + c] : px[((b * C + c) * H + ih) * W + iw]);
+            }
       }
+}
+}  // namespace
+
+void patchify(const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y) {
+  patchify_any<float, false>(px, B, C, H, W, P, y);
+}
+
+void patchify_u8_hwc(const uint8_t* px, int64_t B, int64_t H, int64_t W, int64_t C, int P, float* y) {
+  patchify_any<uint8_t, true>(px, B, C, H, W, P, y);
 }
 
 void pixel_shuffle(const float* x, int64_t B, int64_t S, int64_t E, int s, float* y) {

@@ -112,6 +112,8 @@ void rope(const float* x, int64_t B, int64_t T, int H, int D, float theta, int64
 // Conv2d-weight order patch extraction: px [B, C, H, W] -> y [B, (H/P)*(W/P), C*P*P], patch index
 // py*(W/P) + px, element (c, r, col) at c*P*P + r*P + col.
 void patchify(const float* px, int64_t B, int64_t C, int64_t H, int64_t W, int P, float* y);
+// u8 frames [B, H, W, C] -> [B, N, C*P*P] (graph.h patchify).
+void patchify_u8_hwc(const uint8_t* px, int64_t B, int64_t H, int64_t W, int64_t C, int P, float* y);
 
 // Idefics3Connector.pixel_shuffle (transformers/models/idefics3/modeling_idefics3.py): x [B, S, E] with
 // S = h*h -> y [B, S/s^2, E*s^2], y[b, i*(h/s) + j, (ri*s + rj)*E + e] = x[b, (i*s + ri)*h + j*s + rj, e].
