@@ -255,6 +255,7 @@ class Engine {
   // u8 frames (encode_tiles): x = u8 * px_scale_[c] + px_offset_[c], from pre_; u8_frames_: the model folded it.
   void init_u8_frames();
   Tensor normalize_u8_frames(const Tensor& frames) const;  // u8 [n, H, W, 3] -> normalised f32 [n, 3, H, W]
+  VlmImageOptions image_options(int image_splitting) const;  // preprocessor_config.json as the processor's options
   float px_scale_[3] = {1.f, 1.f, 1.f}, px_offset_[3] = {0.f, 0.f, 0.f};
   bool u8_frames_ = false;
   TokenizerConfig tok_cfg_;
