@@ -478,7 +478,7 @@ Result<Tensor> Engine::encode_tiles(const Tensor& pixels, Tensor* vision_out, co
     return ShapeMismatch("pixel tiles must be f32 [n, 3, " + ss + ", " + ss + "] or u8 frames [n, " + ss + ", " + ss +
                          ", 3], got " + std::string(dtype_name(pixels.dtype())) + " " + pixels.shape().to_string());
   Graph g;
-  const bool downscale = prune_.input_size > 0 && prune_.input_size < S;
+  const bool downscale = downscales_input();
   TensorId px = -1;
   if (downscale)  // the downscale baseline resizes normalised f32 tiles
     px = g.input("pixels", downscale_tiles(u8 ? normalize_u8_frames(pixels) : pixels, prune_.input_size));
@@ -820,7 +820,7 @@ Result<EncodedImages> Engine::encode_images(const std::vector<Image>& images, in
   // into the patch embedding): a quarter of the bytes to upload and no host pass over them. The CPU keeps the
   // processor's f32 arithmetic.
   const int S = model_->tile_size();
-  const bool u8 = on_cuda_ && u8_frames_ && !(prune_.input_size > 0 && prune_.input_size < S);
+  const bool u8 = on_cuda_ && u8_frames_ && !downscales_input();
   std::vector<Tensor> pre;
   int64_t n_tiles = 0;
   for (size_t i = 0; i < images.size(); ++i) {
@@ -852,11 +852,15 @@ Result<EncodedImages> Engine::encode_images(const std::vector<Image>& images, in
   enc.preprocess_s = now_s() - t;
   if (n_tiles == 0) return enc;
   t = now_s();
-  Tensor all = u8 ? Tensor::empty(DType::kU8, Shape{n_tiles, S, S, 3}) : Tensor::empty(DType::kF32, Shape{n_tiles, 3, S, S});
-  size_t off = 0;
-  for (const auto& p : pre) {
-    std::memcpy(static_cast<char*>(all.data()) + off, p.data(), p.nbytes());
-    off += p.nbytes();
+  Tensor all = pre.size() == 1 ? pre[0]  // one image (a stream's frame): its tiles are the batch
+               : u8               ? Tensor::empty(DType::kU8, Shape{n_tiles, S, S, 3})
+                                  : Tensor::empty(DType::kF32, Shape{n_tiles, 3, S, S});
+  if (pre.size() > 1) {
+    size_t off = 0;
+    for (const auto& p : pre) {
+      std::memcpy(static_cast<char*>(all.data()) + off, p.data(), p.nbytes());
+      off += p.nbytes();
+    }
   }
   Tensor hz;
   EV_ASSIGN_OR_RETURN(enc.embeds, encode_tiles(all, vision_out, {}, fast_head_ ? &hz : nullptr, memory, &enc.raw_embeds));

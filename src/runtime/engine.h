@@ -256,6 +256,8 @@ class Engine {
   void init_u8_frames();
   Tensor normalize_u8_frames(const Tensor& frames) const;  // u8 [n, H, W, 3] -> normalised f32 [n, 3, H, W]
   VlmImageOptions image_options(int image_splitting) const;  // preprocessor_config.json as the processor's options
+  // The prune spec's downscale baseline: tiles resized to input_size before the tower.
+  bool downscales_input() const { return prune_.input_size > 0 && prune_.input_size < model_->tile_size(); }
   float px_scale_[3] = {1.f, 1.f, 1.f}, px_offset_[3] = {0.f, 0.f, 0.f};
   bool u8_frames_ = false;
   TokenizerConfig tok_cfg_;

@@ -1154,7 +1154,6 @@ int attn_score_from_lse(const float* q, const float* k, const float* lse, int64_
 }
 
 void set_flash_variant(int v) { g_flash_variant = v >= 0 && v < kFlashVariants ? v : 0; }
-int flash_variant() { return g_flash_variant; }
 int flash_variant_count() { return kFlashVariants; }
 const char* flash_variant_name(int v) {
   if (v == 0) return "auto";

@@ -104,7 +104,6 @@ int attn_score_from_lse(const float* q, const float* k, const float* lse, int64_
 // 1 = flash2, 2 .. flash_variant_count() - 1 = one block shape of flash3 (flash_variant_name). Process-wide; a
 // CUDA graph captured before a change keeps the kernel it was captured with.
 void set_flash_variant(int v);
-int flash_variant();
 int flash_variant_count();
 const char* flash_variant_name(int v);
 bool flash3_available();
